@@ -1,0 +1,240 @@
+"""Checkpoint files: reading them safely, converting the released key names, clear errors.
+
+Conversion follows timm's `checkpoint_filter_fn` pattern: pure functions from the
+authors' state-dict names to this package's module names and back. Every file is
+read with `torch.load(..., weights_only=True)`; anything wrong with a file ends
+in one `CheckpointError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from .config import DMDNetConfig
+
+_MUGI_NAMES = {
+    "norm1": "block1.0.seq.0", "expand1": "block1.0.seq.1", "dwconv": "block1.0.seq.2",
+    "channel_attention.proj": "block1.2.seq.0.ca.1", "proj1": "block1.3.seq.0",
+    "scale_left": "a_l", "scale_right": "a_r",
+    "norm2": "block2.0.seq.0", "expand2": "block2.0.seq.1", "proj2": "block2.2.seq.0",
+    "scale_out": "b",
+}
+_DM_BLOCK_NAMES = {
+    "norm1": "norm1.body", "norm2": "norm2.body",
+    "mamba.in_proj": "DSMamba.in_proj", "mamba.dwconv": "DSMamba.conv2d",
+    "mamba.proximity_fuse": "DSMamba.fuse.0",
+    "mamba.x_proj_weight": "DSMamba.x_proj_weight_channel",
+    "mamba.dt_proj_weight": "DSMamba.dt_projs_weight_channel",
+    "mamba.dt_proj_bias": "DSMamba.dt_projs_bias_channel",
+    "mamba.a_log_transmission": "DSMamba.A_logs_ch_T",
+    "mamba.a_log_reflection": "DSMamba.A_logs_ch_R",
+    "mamba.skip_transmission": "DSMamba.Ds_ch_T", "mamba.skip_reflection": "DSMamba.Ds_ch_R",
+    "mamba.depth_encoder": "DSMamba.depth_encoder.0",
+    "mamba.depth_proj_weight": "DSMamba.depth_proj_weight_channel",
+    "mamba.depth_gate": "DSMamba.conv_depth_sig.0",
+    "mamba.out_norm": "DSMamba.out_norm", "mamba.out_proj": "DSMamba.out_proj",
+    "ffn.expand": "EFFN.project_in", "ffn.dwconv": "EFFN.dwconv", "ffn.project": "EFFN.project_out",
+    "mecm.gate.noise_fc": "MECM.gate.fc0", "mecm.gate.score_fc": "MECM.gate.fc1",
+}
+_EXPERT_NAMES = {"fusion": "fusion.0", "dilated_dwconv": "depth_conv.0"}
+
+
+class CheckpointError(RuntimeError):
+    """A weight file is missing, unreadable, or does not fit the model."""
+
+
+def _local(table: Mapping[str, str], name: str) -> str:
+    """Renames a module-local parameter path using the longest matching prefix in `table`."""
+    for ours in sorted(table, key=len, reverse=True):
+        if name == ours or name.startswith(ours + "."):
+            return table[ours] + name[len(ours):]
+    raise KeyError(name)
+
+
+def _dm_block(name: str) -> str:
+    expert = re.fullmatch(r"mecm\.experts\.(\d+)\.(.+)", name)
+    if expert:
+        return f"MECM.Memory_Experts.{expert[1]}.memory_module." + _local(_EXPERT_NAMES, expert[2])
+    return _local(_DM_BLOCK_NAMES, name)
+
+
+def _official_name(key: str, config: DMDNetConfig) -> str:
+    """This package's parameter name -> the released checkpoint's name."""
+    rules: list[tuple[str, Callable[[re.Match], str]]] = [
+        (r"encoder\.stem\.(.+)", lambda m: f"Encoding_Branch.stem.seq.0.{m[1]}"),
+        (r"encoder\.stages\.(\d+)\.blocks\.(\d+)\.(.+)",
+         lambda m: f"Encoding_Branch.block{int(m[1]) + 1}.{m[2]}.{_local(_MUGI_NAMES, m[3])}"),
+        (r"encoder\.stages\.(\d+)\.proj\.(.+)",
+         lambda m: f"Encoding_Branch.block{int(m[1]) + 1}."
+                   f"{config.encoder_blocks[int(m[1])] + 1}.seq.0.{m[2]}"),
+        (r"depth_semantic_proj\.(\d+)\.(.+)", lambda m: f"conv_dim{int(m[1]) + 3}.0.{m[2]}"),
+        (r"proximity_stem\.(.+)", lambda m: f"convert_d.0.{m[1]}"),
+        (r"proximity_down\.(\d+)\.(.+)", lambda m: f"conv_level{int(m[1]) + 1}_d.0.{m[2]}"),
+        (r"up_proj\.(\d+)\.(.+)", lambda m: f"conv_{int(m[1]) + 1}.0.{m[2]}"),
+        (r"depth_branch\.(\d+)\.(\d+)\.(.+)",
+         lambda m: f"DMBlock_DSBranch_level{int(m[1]) + 3}.blocks.{m[2]}.{_dm_block(m[3])}"),
+        (r"dm_stacks\.(\d+)\.(\d+)\.(.+)",
+         lambda m: f"DMBlock_level{int(m[1]) + 1}.blocks.{m[2]}.{_dm_block(m[3])}"),
+        (r"decoder_mugi\.(\d+)\.(\d+)\.(.+)",
+         lambda m: f"MuGIBlock_level{int(m[1]) + 1}.{m[2]}.{_local(_MUGI_NAMES, m[3])}"),
+        (r"final_mugi\.(\d+)\.(.+)", lambda m: f"MuGIBlock_last.{m[1]}.{_local(_MUGI_NAMES, m[2])}"),
+        (r"head\.(.+)", lambda m: f"out.seq.0.{m[1]}"),
+    ]
+    for pattern, rename in rules:
+        match = re.fullmatch(pattern, key)
+        if match:
+            return rename(match)
+    raise KeyError(key)
+
+
+@functools.lru_cache(maxsize=8)
+def dmdnet_key_shapes(config: DMDNetConfig) -> dict[str, tuple[int, ...]]:
+    """Our parameter names and shapes for a configuration (built on the meta device)."""
+    from .model import DMDNet
+
+    with torch.device("meta"):
+        model = DMDNet(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _official_to_ours_names(config: DMDNetConfig) -> dict[str, str]:
+    return {_official_name(key, config): key for key in dmdnet_key_shapes(config)}
+
+
+def official_to_ours(state_dict: Mapping[str, torch.Tensor],
+                     config: DMDNetConfig | None = None) -> dict[str, torch.Tensor]:
+    """Released DMDNet state dict -> this package's names; unknown keys pass through unchanged.
+
+    A DataParallel `module.` prefix is removed first.
+    """
+    names = _official_to_ours_names(config or DMDNetConfig.released())
+    converted = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        converted[names.get(key, key)] = value
+    return converted
+
+
+def ours_to_official(state_dict: Mapping[str, torch.Tensor],
+                     config: DMDNetConfig | None = None) -> dict[str, torch.Tensor]:
+    """This package's DMDNet state dict -> the released names (inverse of `official_to_ours`)."""
+    names = {ours: official for official, ours in
+             _official_to_ours_names(config or DMDNetConfig.released()).items()}
+    return {names.get(key, key): value for key, value in state_dict.items()}
+
+
+def read_checkpoint(path: str | Path, what: str) -> object:
+    """torch.load with weights_only=True; every failure becomes a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} file is empty: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(f"{what} file {path} holds objects other than tensors and plain "
+                                  "values; refused (files are loaded with weights_only=True)") from None
+        raise CheckpointError(f"{what} file {path} could not be read (corrupt, or not a "
+                              f"PyTorch checkpoint): {error}") from None
+    except Exception as error:
+        raise CheckpointError(f"{what} file {path} could not be read (truncated, corrupt, or not "
+                              f"a PyTorch checkpoint): {type(error).__name__}: {error}") from None
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple],
+                     path: str | Path, what: str) -> None:
+    """Raises one CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(expected[k])})"
+        for k in set(expected) & set(state_dict)
+        if isinstance(state_dict[k], torch.Tensor) and tuple(state_dict[k].shape) != tuple(expected[k])
+    )
+    problems = []
+    if not_tensors:
+        problems.append(f"entries that are not tensors: {_names(not_tensors)}")
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_names(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{what} file {path} does not fit the model: " + "; ".join(problems))
+
+
+def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict load; a module built on the meta device takes the file's tensors as they are."""
+    on_meta = any(p.is_meta for p in module.parameters())
+    module.load_state_dict(state, strict=True, assign=on_meta)
+
+
+def network_state_from_file(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
+    """The network state dict inside a released `model_latest.pt` (or a bare state dict)."""
+    if isinstance(obj, Mapping) and "network" in obj:
+        obj = obj["network"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"DMDNet model file {path} holds a {type(obj).__name__}, "
+                              "expected a dict with a 'network' state dict")
+    return dict(obj)
+
+
+def load_dmdnet_weights(model: torch.nn.Module, path: str | Path) -> dict:
+    """Loads a released-format model file into `model`; returns the file's other entries."""
+    obj = read_checkpoint(path, "DMDNet model")
+    network = {k.removeprefix("module."): v for k, v in network_state_from_file(obj, path).items()}
+    expected = ours_to_official(dmdnet_key_shapes(model.config), model.config)
+    check_state_dict(network, expected, path, "DMDNet model")
+    _load_strict(model, official_to_ours(network, model.config))
+    return {k: v for k, v in obj.items() if k != "network"} if isinstance(obj, Mapping) else {}
+
+
+def load_memory_banks(model: torch.nn.Module, path: str | Path) -> None:
+    """Loads the released `memory_banks_latest.pt` (22 tensors (E, C, C)) into `model.memory`."""
+    obj = read_checkpoint(path, "memory bank")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"memory bank file {path} holds a {type(obj).__name__}, expected a dict")
+    expected = {k: tuple(v.shape) for k, v in model.memory.as_dict().items()}
+    check_state_dict(obj, expected, path, "memory bank")
+    model.memory.load(obj)
+
+
+def save_dmdnet_checkpoint(model: torch.nn.Module, model_path: str | Path,
+                           memory_path: str | Path, **extra: object) -> None:
+    """Writes the released formats: {"network": official state dict, **extra} and the bank dict."""
+    network = {k: v.detach().cpu() for k, v in ours_to_official(model.state_dict(), model.config).items()}
+    for path in (model_path, memory_path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**extra, "network": network}, model_path)
+    torch.save({k: v.detach().cpu() for k, v in model.memory.as_dict().items()}, memory_path)
+
+
+def load_midas_weights(depth_model: torch.nn.Module, path: str | Path) -> None:
+    """Loads a MiDaS `dpt_next_vit_large_384.pt` (plain or under "model") into a `MidasDPT`."""
+    from .depth import midas_to_ours
+
+    obj = read_checkpoint(path, "MiDaS depth")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"MiDaS depth file {path} holds a {type(obj).__name__}, expected a state dict")
+    try:
+        state = midas_to_ours(obj)
+    except ValueError as error:
+        raise CheckpointError(f"MiDaS depth file {path} does not fit the model: {error}") from None
+    expected = {k: tuple(v.shape) for k, v in depth_model.state_dict().items()}
+    check_state_dict(state, expected, path, "MiDaS depth")
+    _load_strict(depth_model, state)

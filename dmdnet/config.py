@@ -1,0 +1,52 @@
+"""Architecture settings of DMDNet as one immutable object (timm-style presets)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class DMDNetConfig:
+    """Everything that shapes the network; the released model is `DMDNetConfig.released()`.
+
+    Levels are numbered 1 (full resolution) to 5 (1/16). Tuples indexed by level
+    list level 1 first.
+    """
+
+    dims: tuple[int, int, int, int, int] = (48, 96, 192, 384, 768)
+    encoder_blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    """MuGI blocks of each encoder stage (levels 1-4, before downsampling)."""
+    dm_blocks: tuple[int, int, int, int, int] = (1, 2, 2, 4, 4)
+    """DM blocks of each level's main stack; the last block of a stack carries MECM."""
+    decoder_blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    """MuGI blocks after upsampling into levels 1-4."""
+    final_blocks: int = 1
+    """MuGI blocks after the level-1 DM stack."""
+    depth_feature_channels: tuple[int, int, int] = (96, 256, 512)
+    """Channels of the depth model's features feeding levels 3, 4, 5."""
+    num_experts: int = 4
+    top_k: int = 2
+    d_state: int = 16
+    ffn_expansion: float = 2.66
+    pad_multiple: int = 32
+    transmission_skip: bool = False
+    """Predict T as the input plus a learned correction (DMDNet-Lite); the released model predicts T directly."""
+
+    @classmethod
+    def released(cls) -> "DMDNetConfig":
+        """The configuration of the authors' released checkpoint (68.5 M parameters)."""
+        return cls()
+
+    @classmethod
+    def lite(cls) -> "DMDNetConfig":
+        """DMDNet-Lite: every part of the method (DAScan, DS-SSM, MECM, the depth-semantic
+        branch) at widths a 2-core CPU can train, paired with `ProximityEstimator`."""
+        return cls(dims=(16, 24, 32, 48, 64), encoder_blocks=(1, 1, 1, 1), dm_blocks=(1, 1, 1, 1, 1),
+                   decoder_blocks=(1, 1, 1, 1), final_blocks=1, depth_feature_channels=(16, 24, 32),
+                   transmission_skip=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DMDNetConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,196 @@
+"""DMDNet: dual-stream encoder, depth-semantic branch and DM-block decoder (spec section 7)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import DMDNetConfig
+from .diagnostics import CallSite, ForwardObserver
+from .dsmamba import DSMamba
+from .layers import ChannelLayerNorm, GatedFeedForward, lrelu, upsample2x
+from .mecm import MECM
+from .mugi import DualStreamEncoder, MuGIStack
+
+Streams = tuple[torch.Tensor, torch.Tensor]
+DEPTH_BRANCH_LEVELS = (3, 4, 5)
+
+
+class DepthInputs(Protocol):
+    """What DMDNet needs from a depth model (MiDaS or the project's small estimator)."""
+
+    depth: torch.Tensor
+    layer1: torch.Tensor
+    layer2: torch.Tensor
+    layer3: torch.Tensor
+
+
+def memory_bank_names(config: DMDNetConfig) -> dict[str, int]:
+    """Official bank names ("memory_level5_T", "memory_DS5_T1", ...) -> their channel width."""
+    names = {}
+    for level in range(1, 6):
+        for stream in "TR":
+            names[f"memory_level{level}_{stream}"] = config.dims[level - 1]
+    for level in DEPTH_BRANCH_LEVELS:
+        for stream in "TR":
+            for part in (1, 2):
+                names[f"memory_DS{level}_{stream}{part}"] = config.dims[level - 1]
+    return names
+
+
+class DMBlock(nn.Module):
+    """DSMamba and EFFN residual updates of both streams; the last block of a stack adds MECM."""
+
+    def __init__(self, channels: int, config: DMDNetConfig, with_mecm: bool):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(channels, eps=1e-5)
+        self.mamba = DSMamba(channels, config.d_state)
+        self.norm2 = ChannelLayerNorm(channels, eps=1e-5)
+        self.ffn = GatedFeedForward(channels, config.ffn_expansion)
+        self.mecm = MECM(channels, config.num_experts, config.top_k) if with_mecm else None
+
+    def forward(self, x_t: torch.Tensor, x_r: torch.Tensor, proximity: torch.Tensor,
+                banks: tuple[torch.Tensor, torch.Tensor], site: CallSite, block: int,
+                observer: ForwardObserver | None) -> Streams:
+        m_t, m_r = self.mamba(self.norm1(x_t), self.norm1(x_r), proximity, site, block, observer)
+        x_t, x_r = x_t + m_t, x_r + m_r
+        x_t = x_t + self.ffn(self.norm2(x_t))
+        x_r = x_r + self.ffn(self.norm2(x_r))
+        if self.mecm is not None:
+            x_t = self.mecm(x_t, banks[0], site, "T", observer) + x_t
+            x_r = self.mecm(x_r, banks[1], site, "R", observer) + x_r
+        return x_t, x_r
+
+
+class DMStack(nn.ModuleList):
+    """DM blocks run in sequence, MECM on the last one."""
+
+    def __init__(self, channels: int, num_blocks: int, config: DMDNetConfig):
+        super().__init__(DMBlock(channels, config, with_mecm=i == num_blocks - 1)
+                         for i in range(num_blocks))
+
+    def forward(self, x_t: torch.Tensor, x_r: torch.Tensor, proximity: torch.Tensor,
+                banks: tuple[torch.Tensor, torch.Tensor], site: CallSite,
+                observer: ForwardObserver | None = None) -> Streams:
+        for i, block in enumerate(self):
+            x_t, x_r = block(x_t, x_r, proximity, banks, site, i, observer)
+        return x_t, x_r
+
+
+class MemoryBanks(nn.Module):
+    """The 22 read-only (at inference) expert memories, kept as non-persistent buffers.
+
+    They live beside the network weights, in their own file, as released.
+    """
+
+    def __init__(self, config: DMDNetConfig):
+        super().__init__()
+        for name, channels in memory_bank_names(config).items():
+            bank = F.normalize(torch.rand(config.num_experts, channels, channels), dim=1)
+            self.register_buffer(name, bank, persistent=False)
+
+    def get(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.named_buffers())
+
+    @torch.no_grad()
+    def load(self, banks: dict[str, torch.Tensor]) -> None:
+        """Copy banks in (names and shapes are checked by `dmdnet.checkpoints`)."""
+        for name, value in banks.items():
+            self.get(name).copy_(value)
+
+
+class DMDNet(nn.Module):
+    """Maps a padded image and its depth features to transmission and reflection layers."""
+
+    def __init__(self, config: DMDNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or DMDNetConfig.released()
+        dims = config.dims
+        self.encoder = DualStreamEncoder(dims, config.encoder_blocks)
+        self.depth_semantic_proj = nn.ModuleList(
+            nn.Conv2d(ch, dims[level - 1], 1)
+            for ch, level in zip(config.depth_feature_channels, DEPTH_BRANCH_LEVELS)
+        )
+        self.proximity_stem = nn.Conv2d(1, dims[0], 3, padding=1)
+        self.proximity_down = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], 1) for i in range(4))
+        self.up_proj = nn.ModuleList(nn.Conv2d(dims[i + 1], dims[i], 1) for i in range(4))
+        self.depth_branch = nn.ModuleList(DMStack(dims[level - 1], 1, config)
+                                          for level in DEPTH_BRANCH_LEVELS)
+        self.dm_stacks = nn.ModuleList(DMStack(dims[i], config.dm_blocks[i], config)
+                                       for i in range(5))
+        self.decoder_mugi = nn.ModuleList(MuGIStack(dims[i], config.decoder_blocks[i])
+                                          for i in range(4))
+        self.final_mugi = MuGIStack(dims[0], config.final_blocks)
+        self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
+        self.memory = MemoryBanks(config)
+
+    def _bank_pair(self, t_name: str, r_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.memory.get(t_name), self.memory.get(r_name)
+
+    def _upsample_proj(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Level `level` -> level `level - 1`: bilinear x2 then 1x1 conv and lrelu."""
+        return lrelu(self.up_proj[level - 2](upsample2x(x)))
+
+    def _proximity_pyramid(self, depth: torch.Tensor) -> list[torch.Tensor]:
+        pyramid = [lrelu(self.proximity_stem(depth))]
+        for down in self.proximity_down:
+            pyramid.append(lrelu(down(F.avg_pool2d(pyramid[-1], 2))))
+        return pyramid
+
+    def _depth_branch(self, level: int, semantic: torch.Tensor, encoded: Streams,
+                      proximity: torch.Tensor, observer: ForwardObserver | None
+                      ) -> tuple[Streams, Streams]:
+        """Runs the level's depth-semantic stack once per target stream (T, then R)."""
+        stack = self.depth_branch[DEPTH_BRANCH_LEVELS.index(level)]
+        parts = []
+        for stream, features in zip("TR", encoded):
+            banks = self._bank_pair(f"memory_DS{level}_{stream}1", f"memory_DS{level}_{stream}2")
+            site = CallSite(level, f"depth_{stream}")
+            parts.append(stack(semantic, features, proximity, banks, site, observer))
+        return parts[0], parts[1]
+
+    def forward(self, image: torch.Tensor, depth: DepthInputs,
+                observer: ForwardObserver | None = None) -> Streams:
+        """image: (B, 3, H, W) with H, W multiples of `config.pad_multiple`. Returns (T, R)."""
+        multiple = self.config.pad_multiple
+        if image.shape[-2] % multiple or image.shape[-1] % multiple:
+            raise ValueError(f"DMDNet needs H and W padded to multiples of {multiple}, "
+                             f"got {tuple(image.shape[-2:])}")
+        semantic = {
+            level: lrelu(proj(feature)) for level, proj, feature in zip(
+                DEPTH_BRANCH_LEVELS, self.depth_semantic_proj,
+                (depth.layer1, depth.layer2, depth.layer3))
+        }
+        proximity = self._proximity_pyramid(depth.depth)
+        encoded = self.encoder(image)
+
+        decoded: Streams | None = None
+        guide = None
+        for level in range(5, 0, -1):
+            own_proximity = proximity[level - 1]
+            guide = own_proximity if guide is None else (
+                self._upsample_proj(guide, level + 1) + own_proximity)
+            enc_t, enc_r = encoded[level - 1]
+            if level in DEPTH_BRANCH_LEVELS:
+                (a_t, b_t), (a_r, b_r) = self._depth_branch(
+                    level, semantic[level], (enc_t, enc_r), own_proximity, observer)
+                if decoded is None:
+                    x_t, x_r = a_t + b_t, a_r + b_r
+                else:
+                    x_t, x_r = decoded[0] + a_t + b_t, decoded[1] + a_r + b_r
+            else:
+                x_t, x_r = decoded[0] + enc_t, decoded[1] + enc_r
+            banks = self._bank_pair(f"memory_level{level}_T", f"memory_level{level}_R")
+            x_t, x_r = self.dm_stacks[level - 1](x_t, x_r, guide, banks, CallSite(level), observer)
+            if level > 1:
+                decoded = self.decoder_mugi[level - 2](self._upsample_proj(x_t, level),
+                                                       self._upsample_proj(x_r, level))
+        x_t, x_r = self.final_mugi(x_t, x_r)
+        if self.config.transmission_skip:
+            return image + self.head(x_t), lrelu(self.head(x_r))
+        return lrelu(self.head(x_t)), lrelu(self.head(x_r))

@@ -1,0 +1,160 @@
+"""End-to-end separation: image in, transmission and reflection layers out.
+
+Pads to the network's multiple, runs depth and DMDNet, crops back. Photos larger
+than `max_pixels` run at a reduced size and come back at full resolution: the
+reflection is upsampled and the transmission is the full-resolution input minus
+the upsampled removed residual (input - T), so the scene keeps its fine detail.
+Images up to `max_pixels` (default about 2.1 MP, e.g. 1448x1448) run natively.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pathlib import Path
+
+from .checkpoints import CheckpointError, load_dmdnet_weights, load_memory_banks, load_midas_weights
+from .config import DMDNetConfig
+from .depth import MidasDPT
+from .diagnostics import Diagnostics
+from .images import ImageInput, to_tensor
+from .model import DMDNet
+from .weights import DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
+
+DEFAULT_MAX_PIXELS = 2_100_000
+
+
+@dataclass
+class SeparationResult:
+    """Raw network outputs at the input's size; clamp to [0, 1] for display."""
+
+    transmission: torch.Tensor
+    reflection: torch.Tensor
+    depth: torch.Tensor
+    """(1, 1, H, W) relative inverse depth from the depth model (larger = nearer)."""
+    image: torch.Tensor
+    """The input as the network saw it before padding, (1, 3, H, W) in [0, 1]."""
+    processed_size: tuple[int, int]
+    """(h, w) the network ran at; smaller than the input only for photos over `max_pixels`."""
+    diagnostics: Diagnostics | None = None
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What is loaded, for display: a short label and the files behind it."""
+
+    label: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pads right and bottom to multiples of `multiple`: by reflection (as released) where the
+    image is large enough for it, else by repeating the edge (tiny images)."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    for pad, size, spec in ((pad_w, width, (0, pad_w, 0, 0)), (pad_h, height, (0, 0, 0, pad_h))):
+        if pad:
+            image = F.pad(image, spec, mode="reflect" if pad < size else "replicate")
+    return image
+
+
+def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The size the network runs at: native up to `max_pixels`, else scaled down keeping aspect."""
+    if height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+class Pipeline:
+    """A loaded depth model and DMDNet on one device and dtype."""
+
+    def __init__(self, model: DMDNet, depth_model: nn.Module, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 weights: WeightsInfo | None = None):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_pixels = max_pixels
+        self.weights = weights or WeightsInfo("unnamed weights")
+        self.model = model.to(self.device, dtype).eval()
+        self.depth_model = depth_model.to(self.device, dtype).eval()
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.model.config.pad_multiple
+
+    @torch.inference_mode()
+    def separate(self, image: ImageInput, diagnostics: bool = False) -> SeparationResult:
+        """Separates one image. `diagnostics=True` also records depth, scans and expert maps."""
+        full = to_tensor(image).to(self.device, self.dtype)
+        height, width = full.shape[-2:]
+        size = working_size(height, width, self.max_pixels)
+        work = full if size == (height, width) else F.interpolate(
+            full, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+        padded = pad_to_multiple(work, self.pad_multiple)
+        record = Diagnostics() if diagnostics else None
+        features = self.depth_model(padded)
+        transmission, reflection = self.model(padded, features, record)
+        crop = (..., slice(0, size[0]), slice(0, size[1]))
+        transmission, reflection, depth = transmission[crop], reflection[crop], features.depth[crop]
+        if record is not None:
+            record.depth = depth.detach().cpu()
+
+        if size != (height, width):
+            def upsample(x: torch.Tensor) -> torch.Tensor:
+                return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+            transmission = full - upsample(work - transmission)
+            reflection, depth = upsample(reflection), upsample(depth)
+        return SeparationResult(transmission, reflection, depth, full, size, record)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float32 or "float32"/"fp32"/"float64"/... -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+             "fp64": torch.float64, "double": torch.float64}
+    if dtype not in names:
+        raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64")
+    return names[dtype]
+
+
+def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
+                  depth: str | Path | None = None, device: torch.device | str | None = None,
+                  dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
+    """Builds a ready pipeline from the released checkpoint files.
+
+    Each file is found by `dmdnet.weights.find_weight_file` (explicit path, environment
+    variable, the authors' folder layout, then `hub_repo`). Any problem with a file
+    raises `CheckpointError` naming it.
+    """
+    paths = {spec: find_weight_file(spec, explicit, hub_repo)
+             for spec, explicit in ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))}
+    missing = [spec for spec, path in paths.items() if path is None]
+    if missing:
+        raise CheckpointError(
+            "no weights found for: " + ", ".join(
+                f"{spec.role} (pass a path, set {spec.env_var}, or place it at {spec.seed_path})"
+                for spec in missing))
+    config = DMDNetConfig.released()
+    with torch.device("meta"):
+        network = DMDNet(config)
+        depth_model = MidasDPT()
+    network.memory.to_empty(device="cpu")
+    load_dmdnet_weights(network, paths[MODEL_FILE])
+    load_memory_banks(network, paths[MEMORY_FILE])
+    load_midas_weights(depth_model, paths[DEPTH_FILE])
+    info = WeightsInfo("authors' released DMDNet + MiDaS DPT-NeXt-ViT-L",
+                       {spec.role: str(path) for spec, path in paths.items()})
+    return Pipeline(network, depth_model, device or default_device(), parse_dtype(dtype),
+                    max_pixels, info)

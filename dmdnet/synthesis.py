@@ -1,0 +1,151 @@
+"""Synthetic training pairs: a natural photo seen through glass that reflects another.
+
+Three image-formation models are mixed, because real reflections vary and the
+reference's single strong screen blend removes too much on real photos:
+- screen blend (the reference's): I = T + R - T*R, T = a*T0, R = b*blur(R0);
+- additive with clipping (CEILNet): I = clip(T0 + b*blur(R0));
+- ghosting (thick glass): R = b*(mix of R0 and a shifted copy), lightly blurred, screen blend.
+Targets are T0 and the reflection actually present in I (I's share not explained by T0
+for the additive model), so that T + R reproduces the photo.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+KERNEL_SIZES = (5, 7, 9, 11)
+KERNEL_PROBABILITIES = (0.1, 0.2, 0.3, 0.4)
+
+
+def list_images(folders: list[str | Path]) -> list[Path]:
+    """Image files directly inside each folder, sorted."""
+    files = []
+    for folder in folders:
+        files += sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files
+
+
+def load_images(files: list[Path]) -> list[torch.Tensor]:
+    """Decoded RGB uint8 tensors (3, H, W), kept in memory for fast sampling."""
+    images = []
+    for path in files:
+        with Image.open(path) as image:
+            images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    return images
+
+
+def gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) tensor, reflection-padded."""
+    x = torch.arange(size, dtype=image.dtype) - (size - 1) / 2
+    kernel = torch.exp(-x**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = image.shape[0]
+    padded = F.pad(image[None], (size // 2,) * 4, mode="reflect")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(c, 1, size, 1), groups=c)[0]
+
+
+def random_patch(image: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
+    """Spec augmentation: short side to a random even size in [P, 2P], flip, rot90, P x P crop."""
+    h, w = image.shape[-2:]
+    short = 2 * int(rng.integers(patch // 2, patch + 1))
+    scale = short / min(h, w)
+    size = (max(patch, round(h * scale)), max(patch, round(w * scale)))
+    x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear",
+                      align_corners=False, antialias=True)[0].clamp(0, 1)
+    if rng.random() < 0.5:
+        x = x.flip(-1)
+    if rng.random() < 0.5:
+        x = torch.rot90(x, int(rng.integers(1, 4)), dims=(-2, -1))
+    top = int(rng.integers(0, x.shape[-2] - patch + 1))
+    left = int(rng.integers(0, x.shape[-1] - patch + 1))
+    return x[:, top:top + patch, left:left + patch].contiguous()
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    strength: tuple[float, float] = (0.15, 0.8)
+    """Range of b, the reflection's strength."""
+    transmission_gain: tuple[float, float] = (0.8, 1.0)
+    """Range of a (screen blend only)."""
+    model_probabilities: tuple[float, float, float] = (0.45, 0.4, 0.15)
+    """screen blend, additive, ghosting."""
+
+
+def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
+               settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
+    """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
+    b = rng.uniform(*settings.strength)
+    kind = rng.choice(3, p=settings.model_probabilities)
+    if kind == 2:
+        shift = int(rng.integers(3, 11))
+        dy, dx = int(rng.integers(-shift, shift + 1)), shift
+        mix = rng.uniform(0.5, 0.8)
+        ghost = mix * reflection + (1 - mix) * torch.roll(reflection, (dy, dx), dims=(-2, -1))
+        r = b * gaussian_blur(ghost, 5, rng.uniform(0.5, 1.5))
+    else:
+        size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
+        r = b * gaussian_blur(reflection, size, rng.uniform(2.0, 5.0))
+    if kind == 1:
+        blended = (transmission + r).clamp(0, 1)
+        return blended, transmission, blended - transmission
+    t = rng.uniform(*settings.transmission_gain) * transmission
+    return t + r - t * r, transmission, r - t * r
+
+
+class PairSampler:
+    """Draws random synthetic batches from a pool of natural photos."""
+
+    def __init__(self, files: list[Path], patch: int, seed: int = 0,
+                 settings: SynthesisSettings = SynthesisSettings()):
+        if len(files) < 2:
+            raise ValueError("need at least two natural images to synthesise pairs")
+        self.images = load_images(files)
+        self.patch = patch
+        self.settings = settings
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, transmissions, reflections = [], [], []
+        for _ in range(batch):
+            i, j = self.rng.choice(len(self.images), size=2, replace=False)
+            t0 = random_patch(self.images[i], self.patch, self.rng)
+            r0 = random_patch(self.images[j], self.patch, self.rng)
+            blended, t, r = synthesize(t0, r0, self.rng, self.settings)
+            inputs.append(blended)
+            transmissions.append(t)
+            reflections.append(r)
+        return torch.stack(inputs), torch.stack(transmissions), torch.stack(reflections)
+
+
+def validation_pairs(files: list[Path], size: int, count: int, seed: int = 1234
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed set of synthetic pairs (center crops) for comparable validation scores."""
+    rng = np.random.default_rng(seed)
+    images = load_images(files)
+    def crop(image: torch.Tensor) -> torch.Tensor:
+        x = image.float() / 255
+        h, w = x.shape[-2:]
+        side = min(h, w)
+        x = x[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+                             align_corners=False)[0].clamp(0, 1)
+    triples = []
+    for k in range(count):
+        t0 = crop(images[(2 * k) % len(images)])
+        r0 = crop(images[(2 * k + 1) % len(images)])
+        triples.append(synthesize(t0, r0, rng))
+    return tuple(torch.stack(part) for part in zip(*triples))
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean PSNR (dB) over a batch of images in [0, 1]."""
+    mse = (prediction.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())

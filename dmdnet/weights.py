@@ -1,0 +1,69 @@
+"""Where weight files come from: explicit paths, environment, the seed's layout, the Hub.
+
+Each of the three files (network, memory banks, MiDaS depth) is looked up on its own,
+in this order: the path given by the caller; an environment variable; the authors'
+folder layout under the working directory or the repository; a Hugging Face Hub
+repository (optional, through `huggingface_hub`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One of the files a pipeline needs."""
+
+    role: str
+    env_var: str
+    seed_path: str
+    """Path in the authors' layout, relative to their repository root."""
+
+
+MODEL_FILE = WeightFile("DMDNet model", "DMDNET_MODEL", "checkpoints/DMDNet/model_latest.pt")
+MEMORY_FILE = WeightFile("memory bank", "DMDNET_MEMORY", "checkpoints/DMDNet/memory_banks_latest.pt")
+DEPTH_FILE = WeightFile("MiDaS depth", "DMDNET_DEPTH", "pretrained/dpt_next_vit_large_384.pt")
+HUB_REPO_ENV = "DMDNET_HUB_REPO"
+
+
+def _from_hub(repo_id: str, file: WeightFile) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError(f"{file.role} file: huggingface_hub is not installed, "
+                              f"cannot fetch from {repo_id}") from None
+    try:
+        return Path(hf_hub_download(repo_id, Path(file.seed_path).name))
+    except Exception as error:
+        raise CheckpointError(f"{file.role} file could not be fetched from the Hub repository "
+                              f"{repo_id!r}: {error}") from None
+
+
+def find_weight_file(file: WeightFile, explicit: str | Path | None = None,
+                     hub_repo: str | None = None,
+                     search_dirs: tuple[Path, ...] | None = None) -> Path | None:
+    """The first existing location of `file`, or None when no source names it.
+
+    An explicit path or environment variable that names a missing file is an error,
+    not a reason to look elsewhere.
+    """
+    for named, origin in ((explicit, "given path"), (os.environ.get(file.env_var), file.env_var)):
+        if named:
+            path = Path(named).expanduser()
+            if not path.is_file():
+                raise CheckpointError(f"{file.role} file not found: {path} (from {origin})")
+            return path
+    for folder in search_dirs if search_dirs is not None else (Path.cwd(), REPO_ROOT):
+        candidate = folder / file.seed_path
+        if candidate.is_file():
+            return candidate
+    hub_repo = hub_repo or os.environ.get(HUB_REPO_ENV)
+    if hub_repo:
+        return _from_hub(hub_repo, file)
+    return None

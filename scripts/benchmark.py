@@ -1,0 +1,166 @@
+"""CPU benchmark of the released DMDNet configuration (prints numbers; not a test).
+
+    python scripts/benchmark.py [--sizes 256 512] [--rss-size 1024] [--threads N]
+
+Reports, in float32: seconds per image split into depth / DMDNet / scans (the
+selective scans plus DAScan ordering, inside DMDNet), the counted work in GFLOP,
+the machine's float32 matmul rate measured in the same run and the resulting
+matmul floor, peak RSS of a separate process at --rss-size, and the exact scan
+op against its sequential oracle. Weights are random: timing does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dmdnet import dsmamba  # noqa: E402
+from dmdnet.depth import MidasDPT  # noqa: E402
+from dmdnet.model import DMDNet  # noqa: E402
+from dmdnet.ops import scan  # noqa: E402
+from dmdnet.pipeline import Pipeline  # noqa: E402
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+class ScanTimer:
+    """Accumulates wall time spent in the scan kernel and the DAScan orderings."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        for module, name in ((dsmamba, "selective_scan"), (dsmamba, "regional_order"),
+                             (dsmamba, "global_order")):
+            setattr(module, name, self._timed(getattr(module, name)))
+
+    def _timed(self, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return wrapper
+
+
+def build_pipeline() -> Pipeline:
+    return Pipeline(DMDNet(), MidasDPT(), "cpu", torch.float32)
+
+
+def time_size(pipe: Pipeline, timer: ScanTimer, size: int, repeats: int) -> dict:
+    image = torch.rand(1, 3, size, size)
+    pipe.separate(image)
+    depth_s = model_s = scans_s = 0.0
+    for _ in range(repeats):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            features = pipe.depth_model(image)
+            middle = time.perf_counter()
+            timer.seconds = 0.0
+            pipe.model(image, features)
+            end = time.perf_counter()
+        depth_s += middle - start
+        model_s += end - middle
+        scans_s += timer.seconds
+    return {"size": size, "depth_s": depth_s / repeats, "dmdnet_s": model_s / repeats,
+            "scans_s": scans_s / repeats, "total_s": (depth_s + model_s) / repeats}
+
+
+def counted_gflop(pipe: Pipeline, size: int) -> float:
+    image = torch.rand(1, 3, size, size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        pipe.model(image, pipe.depth_model(image))
+    return counter.get_total_flops() / 1e9
+
+
+def peak_rss_child(size: int) -> dict:
+    """Runs one separation in a fresh process and reports its peak RSS (GiB) and time."""
+    code = (
+        "import resource, sys, time, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from dmdnet.depth import MidasDPT\nfrom dmdnet.model import DMDNet\n"
+        "from dmdnet.pipeline import Pipeline\n"
+        "pipe = Pipeline(DMDNet(), MidasDPT(), 'cpu', torch.float32, max_pixels=10**8)\n"
+        f"image = torch.rand(1, 3, {size}, {size})\n"
+        "start = time.perf_counter(); pipe.separate(image); seconds = time.perf_counter() - start\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, seconds)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss_gib, seconds = map(float, out.stdout.split())
+    return {"size": size, "peak_rss_gib": rss_gib, "seconds": seconds}
+
+
+def scan_vs_oracle(length: int = 4096, channels: int = 96, state: int = 16) -> dict:
+    torch.manual_seed(0)
+    u, delta = torch.randn(1, channels, length), torch.randn(1, channels, length)
+    a = -torch.rand(channels, state) * 4
+    b, c = torch.randn(1, 2, state, length), torch.randn(1, 2, state, length)
+    d, bias = torch.randn(channels), torch.randn(channels)
+    results = {}
+    for name, function in (("chunked", scan.selective_scan_chunked),
+                           ("reference", scan.selective_scan_reference)):
+        start = time.perf_counter()
+        y = function(u.double(), delta.double(), a.double(), b.double(), c.double(), d.double(),
+                     delta_bias=bias.double())
+        results[name] = (y, time.perf_counter() - start)
+    error = ((results["chunked"][0] - results["reference"][0]).norm()
+             / results["reference"][0].norm()).item()
+    return {"length": length, "channels": channels, "chunked_s": results["chunked"][1],
+            "reference_s": results["reference"][1], "relative_error_float64": error}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--rss-size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    timer = ScanTimer()
+    pipe = build_pipeline()
+    rate = matmul_gflops()
+    gflop = counted_gflop(pipe, 256)
+    floor = gflop / rate
+    report = {"threads": args.threads, "matmul_gflops": rate, "gflop_256": gflop, "floor_256_s": floor,
+              "sizes": [time_size(pipe, timer, s, args.repeats) for s in args.sizes],
+              "scan_vs_oracle": scan_vs_oracle()}
+    if args.rss_size:
+        report["rss"] = peak_rss_child(args.rss_size)
+
+    print(f"threads {args.threads}, float32 matmul {rate:.1f} GFLOP/s")
+    print(f"work at 256x256: {gflop:.1f} GFLOP counted -> matmul floor {floor:.2f} s")
+    print(f"{'size':>6} {'depth s':>8} {'DMDNet s':>9} {'(scans s)':>10} {'total s':>8} {'x floor':>8}")
+    for row in report["sizes"]:
+        ratio = row["total_s"] / (floor * (row["size"] / 256) ** 2)
+        print(f"{row['size']:>6} {row['depth_s']:>8.2f} {row['dmdnet_s']:>9.2f} "
+              f"{row['scans_s']:>10.2f} {row['total_s']:>8.2f} {ratio:>8.2f}")
+    if "rss" in report:
+        print(f"{args.rss_size}x{args.rss_size}: peak RSS {report['rss']['peak_rss_gib']:.2f} GiB, "
+              f"{report['rss']['seconds']:.1f} s (fresh process, load included in RSS)")
+    oracle = report["scan_vs_oracle"]
+    print(f"scan op, L={oracle['length']} D={oracle['channels']} float64: chunked {oracle['chunked_s']:.3f} s, "
+          f"sequential oracle {oracle['reference_s']:.3f} s, relative error {oracle['relative_error_float64']:.1e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

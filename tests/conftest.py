@@ -1,0 +1,80 @@
+"""Shared fixtures: paths to ../shared and the seeded-weight rule of the golden files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+GOLDEN = SHARED / "golden"
+
+
+def _load_seeded_module():
+    spec = importlib.util.spec_from_file_location("golden_seeded", GOLDEN / "seeded.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden files not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def seeded(golden_dir):
+    """The authors'-name-keyed weight rule (`seeded_state_dict`, `seeded_memory_bank`, `seeded_image`)."""
+    return _load_seeded_module()
+
+
+@pytest.fixture(scope="session")
+def official_dmdnet_shapes(golden_dir) -> dict:
+    return json.loads((golden_dir / "dmdnet_official_keys.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def official_midas_shapes(golden_dir) -> dict:
+    return json.loads((golden_dir / "dpt_next_vit_large_384_keys.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def seeded_checkpoints(tmp_path_factory, seeded, official_dmdnet_shapes, official_midas_shapes) -> dict:
+    """The golden seeded weights written as real files in the three released formats."""
+    import torch
+
+    from dmdnet.config import DMDNetConfig
+    from dmdnet.model import memory_bank_names
+
+    folder = tmp_path_factory.mktemp("seeded_weights")
+    paths = {
+        "model": folder / "model_latest.pt",
+        "memory": folder / "memory_banks_latest.pt",
+        "depth": folder / "dpt_next_vit_large_384.pt",
+    }
+    network = seeded.seeded_state_dict(official_dmdnet_shapes)
+    torch.save({"epoch": 60, "iterations": 0, "network": network}, paths["model"])
+    banks = {name: seeded.seeded_memory_bank(name, 4, channels)
+             for name, channels in memory_bank_names(DMDNetConfig.released()).items()}
+    torch.save(banks, paths["memory"])
+    torch.save(seeded.seeded_state_dict(official_midas_shapes), paths["depth"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def seeded_pipeline_float32(seeded_checkpoints):
+    """The released-size pipeline with seeded weights, float32 on the CPU (shared by many tests)."""
+    import torch
+
+    import dmdnet
+
+    return dmdnet.load_pipeline(**{k: str(v) for k, v in seeded_checkpoints.items()},
+                                device="cpu", dtype=torch.float32)

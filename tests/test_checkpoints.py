@@ -1,0 +1,186 @@
+"""Key conversion, weight resolution and every bad-checkpoint path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dmdnet
+from dmdnet.checkpoints import (CheckpointError, load_dmdnet_weights, load_memory_banks,
+                                load_midas_weights, official_to_ours, ours_to_official,
+                                save_dmdnet_checkpoint)
+from dmdnet.config import DMDNetConfig
+from dmdnet.model import DMDNet
+from dmdnet.weights import MODEL_FILE, find_weight_file
+
+TINY = DMDNetConfig(dims=(8, 8, 16, 16, 16), encoder_blocks=(1, 1, 1, 1), dm_blocks=(1, 1, 1, 1, 2),
+                    decoder_blocks=(1, 1, 1, 1), depth_feature_channels=(4, 4, 4), num_experts=3)
+
+
+def meta_state(shapes: dict) -> dict:
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def test_released_keys_convert_and_load_strictly(official_dmdnet_shapes):
+    official = meta_state(official_dmdnet_shapes)
+    ours = official_to_ours(official)
+    with torch.device("meta"):
+        model = DMDNet()
+    model.load_state_dict(ours, strict=True, assign=True)
+    back = ours_to_official(ours)
+    assert list(back) == list(official)
+    assert all(back[k] is official[k] for k in official)
+
+
+def test_dataparallel_prefix_is_stripped(official_dmdnet_shapes):
+    prefixed = {"module." + k: v for k, v in meta_state(official_dmdnet_shapes).items()}
+    with torch.device("meta"):
+        model = DMDNet()
+    model.load_state_dict(official_to_ours(prefixed), strict=True, assign=True)
+
+
+def test_unknown_keys_pass_through_for_reporting():
+    converted = official_to_ours({"not_a_dmdnet_key": torch.zeros(1)})
+    assert list(converted) == ["not_a_dmdnet_key"]
+
+
+def test_small_config_round_trips_through_files(tmp_path):
+    torch.manual_seed(0)
+    model = DMDNet(TINY)
+    save_dmdnet_checkpoint(model, tmp_path / "m.pt", tmp_path / "b.pt", epoch=3)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["epoch"] == 3 and "Encoding_Branch.stem.seq.0.weight" in saved["network"]
+    other = DMDNet(TINY)
+    load_dmdnet_weights(other, tmp_path / "m.pt")
+    load_memory_banks(other, tmp_path / "b.pt")
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(torch.equal(a, b) for a, b in zip(model.memory.as_dict().values(),
+                                                 other.memory.as_dict().values()))
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    model = DMDNet(TINY)
+    save_dmdnet_checkpoint(model, tmp_path / "model.pt", tmp_path / "banks.pt")
+    return model, tmp_path
+
+
+def test_missing_and_empty_files(tiny_files):
+    model, folder = tiny_files
+    with pytest.raises(CheckpointError, match="DMDNet model file not found: .*nope.pt"):
+        load_dmdnet_weights(model, folder / "nope.pt")
+    (folder / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_dmdnet_weights(model, folder / "empty.pt")
+
+
+def test_truncated_and_garbage_files(tiny_files):
+    model, folder = tiny_files
+    data = (folder / "model.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt could not be read"):
+        load_dmdnet_weights(model, folder / "truncated.pt")
+    (folder / "text.pt").write_text("this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="text.pt could not be read"):
+        load_dmdnet_weights(model, folder / "text.pt")
+
+
+class NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused(tiny_files):
+    model, folder = tiny_files
+    torch.save({"network": NotATensor()}, folder / "object.pt")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_dmdnet_weights(model, folder / "object.pt")
+
+
+def test_wrong_keys_and_shapes_are_listed(tiny_files):
+    model, folder = tiny_files
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    network = saved["network"]
+    network.pop("out.seq.0.bias")
+    network["extra.weight"] = torch.zeros(2)
+    network["Encoding_Branch.stem.seq.0.weight"] = torch.zeros(5, 3, 3, 3)
+    torch.save(saved, folder / "bad.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_dmdnet_weights(model, folder / "bad.pt")
+    message = str(info.value)
+    assert "bad.pt does not fit the model" in message
+    assert "missing keys: out.seq.0.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "Encoding_Branch.stem.seq.0.weight (file (5, 3, 3, 3), model (8, 3, 3, 3))" in message
+
+
+def test_file_of_the_wrong_kind(tiny_files):
+    model, folder = tiny_files
+    with pytest.raises(CheckpointError, match="memory bank file .*model.pt does not fit"):
+        load_memory_banks(model, folder / "model.pt")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_dmdnet_weights(model, folder / "banks.pt")
+    torch.save([1, 2, 3], folder / "list.pt")
+    with pytest.raises(CheckpointError, match="holds a list"):
+        load_dmdnet_weights(model, folder / "list.pt")
+
+
+def test_memory_bank_shape_mismatch(tiny_files):
+    model, folder = tiny_files
+    banks = torch.load(folder / "banks.pt", weights_only=True)
+    banks["memory_level1_T"] = torch.zeros(3, 4, 4)
+    torch.save(banks, folder / "banks_bad.pt")
+    with pytest.raises(CheckpointError, match=r"memory_level1_T \(file \(3, 4, 4\), model \(3, 8, 8\)\)"):
+        load_memory_banks(model, folder / "banks_bad.pt")
+
+
+def test_midas_file_errors(tmp_path):
+    from dmdnet.depth import MidasDPT
+
+    with torch.device("meta"):
+        depth_model = MidasDPT()
+    torch.save({"scratch.unknown.weight": torch.zeros(1)}, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match="MiDaS depth file .*unknown.pt does not fit"):
+        load_midas_weights(depth_model, tmp_path / "unknown.pt")
+    torch.save({"scratch.layer1_rn.weight": torch.zeros(1)}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="missing keys: .*shape mismatches: scratch|missing keys"):
+        load_midas_weights(depth_model, tmp_path / "partial.pt")
+
+
+def test_weight_resolution_order(tmp_path, monkeypatch):
+    seed_layout = tmp_path / "repo"
+    seed_file = seed_layout / MODEL_FILE.seed_path
+    seed_file.parent.mkdir(parents=True)
+    seed_file.write_bytes(b"x")
+    env_file = tmp_path / "env.pt"
+    env_file.write_bytes(b"x")
+    explicit = tmp_path / "explicit.pt"
+    explicit.write_bytes(b"x")
+    monkeypatch.delenv(MODEL_FILE.env_var, raising=False)
+    monkeypatch.delenv("DMDNET_HUB_REPO", raising=False)
+    assert find_weight_file(MODEL_FILE, search_dirs=(tmp_path,)) is None
+    assert find_weight_file(MODEL_FILE, search_dirs=(seed_layout,)) == seed_file
+    monkeypatch.setenv(MODEL_FILE.env_var, str(env_file))
+    assert find_weight_file(MODEL_FILE, search_dirs=(seed_layout,)) == env_file
+    assert find_weight_file(MODEL_FILE, explicit, search_dirs=(seed_layout,)) == explicit
+    monkeypatch.setenv(MODEL_FILE.env_var, str(tmp_path / "gone.pt"))
+    with pytest.raises(CheckpointError, match="gone.pt \\(from DMDNET_MODEL\\)"):
+        find_weight_file(MODEL_FILE, search_dirs=(seed_layout,))
+
+
+def test_hub_failure_is_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(MODEL_FILE.env_var, raising=False)
+    with pytest.raises(CheckpointError, match="could not be fetched from the Hub repository 'someone/dmdnet'"):
+        find_weight_file(MODEL_FILE, hub_repo="someone/dmdnet", search_dirs=())
+
+
+def test_load_pipeline_names_what_is_missing(tmp_path, monkeypatch, seeded_checkpoints):
+    for var in ("DMDNET_MODEL", "DMDNET_MEMORY", "DMDNET_DEPTH", "DMDNET_HUB_REPO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="MiDaS depth file not found: .*missing.pt"):
+        dmdnet.load_pipeline(model=seeded_checkpoints["model"], memory=seeded_checkpoints["memory"],
+                             depth=tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="memory bank file .*does not fit"):
+        dmdnet.load_pipeline(model=seeded_checkpoints["model"], memory=seeded_checkpoints["model"],
+                             depth=seeded_checkpoints["depth"])

@@ -1,0 +1,75 @@
+"""Golden parity with the authors' reference, through real checkpoint files and load_pipeline."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dmdnet
+
+CASES = ["parity_64x64_s3.pt", "parity_72x88_s7.pt"]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def pipeline_float64(seeded_checkpoints):
+    return dmdnet.load_pipeline(**{k: str(v) for k, v in seeded_checkpoints.items()},
+                                device="cpu", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module", params=CASES)
+def golden_case(request, golden_dir):
+    return torch.load(golden_dir / request.param, weights_only=True)
+
+
+def test_float64_matches_reference(pipeline_float64, golden_case):
+    image = golden_case["image"]
+    height, width = image.shape[-2:]
+    result = pipeline_float64.separate(image, diagnostics=True)
+
+    assert result.transmission.shape == (1, 3, height, width)
+    assert result.transmission.dtype == torch.float64
+    assert relative_error(result.transmission, golden_case["out_T"]) < 1e-6
+    assert relative_error(result.reflection, golden_case["out_R"]) < 1e-6
+    golden_depth = golden_case["depth"]["final_output"][..., :height, :width]
+    assert relative_error(result.depth, golden_depth) < 1e-6
+
+    scans = result.diagnostics.scans
+    assert len(scans) == len(golden_case["scans"]) == 38
+    for ours, theirs in zip(scans, golden_case["scans"]):
+        assert ours.kind == theirs["kind"]
+        assert torch.equal(ours.order, theirs["order"]), theirs["module"]
+    experts = result.diagnostics.experts
+    assert len(experts) == len(golden_case["gates"]) == 22
+    for ours, (name, coefficients) in zip(experts, golden_case["gates"]):
+        assert (ours.coefficients - coefficients).abs().max().item() < 1e-6, name
+
+
+def test_float32_within_tolerance(seeded_pipeline_float32, golden_case):
+    result = seeded_pipeline_float32.separate(golden_case["image"].float())
+    assert result.transmission.dtype == torch.float32
+    assert relative_error(result.transmission, golden_case["out_T"]) < 3e-3
+    assert relative_error(result.reflection, golden_case["out_R"]) < 3e-3
+
+
+def test_diagnostics_describe_every_call(pipeline_float64, golden_dir):
+    case = torch.load(golden_dir / CASES[0], weights_only=True)
+    diagnostics = pipeline_float64.separate(case["image"], diagnostics=True).diagnostics
+    assert diagnostics.depth.shape == (1, 1, 64, 64)
+    first = diagnostics.scans[0]
+    assert (first.level, first.branch, first.block, first.stream) == (5, "depth_T", 0, "T")
+    assert {s.level for s in diagnostics.scans} == {1, 2, 3, 4, 5}
+    for scan in diagnostics.scans:
+        side = 64 >> (scan.level - 1)
+        assert scan.proximity.shape == (1, 1, side, side)
+        assert sorted(scan.order[0].tolist()) == list(range(side * side))
+    for record in diagnostics.experts:
+        selected = torch.nonzero(record.coefficients[0] > 0).flatten().tolist()
+        assert sorted(record.contributions) == selected
+        side = 64 >> (record.level - 1)
+        for contribution in record.contributions.values():
+            assert contribution.shape == (1, side, side)
+            assert (contribution >= 0).all()
+    assert pipeline_float64.separate(case["image"]).diagnostics is None
