@@ -194,9 +194,22 @@ def network_state_from_file(obj: object, path: str | Path) -> dict[str, torch.Te
     return dict(obj)
 
 
-def load_dmdnet_weights(model: torch.nn.Module, path: str | Path) -> dict:
-    """Loads a released-format model file into `model`; returns the file's other entries."""
-    obj = read_checkpoint(path, "DMDNet model")
+def config_from_checkpoint(obj: object, path: str | Path) -> DMDNetConfig:
+    """The architecture a model file was saved with: its "config" entry, else the released one."""
+    if not isinstance(obj, Mapping) or "config" not in obj:
+        return DMDNetConfig.released()
+    try:
+        return DMDNetConfig.from_dict(dict(obj["config"]))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"DMDNet model file {path} has an unusable 'config' entry: {error}") from None
+
+
+def load_dmdnet_weights(model: torch.nn.Module, path: str | Path, checkpoint: object = None) -> dict:
+    """Loads a released-format model file into `model`; returns the file's other entries.
+
+    `checkpoint` is the file's content when the caller has already read it.
+    """
+    obj = read_checkpoint(path, "DMDNet model") if checkpoint is None else checkpoint
     network = {k.removeprefix("module."): v for k, v in network_state_from_file(obj, path).items()}
     expected = ours_to_official(dmdnet_key_shapes(model.config), model.config)
     check_state_dict(network, expected, path, "DMDNet model")
@@ -222,6 +235,16 @@ def save_dmdnet_checkpoint(model: torch.nn.Module, model_path: str | Path,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({**extra, "network": network}, model_path)
     torch.save({k: v.detach().cpu() for k, v in model.memory.as_dict().items()}, memory_path)
+
+
+def load_proximity_estimator(estimator: torch.nn.Module, checkpoint: Mapping, path: str | Path) -> None:
+    """Loads the "proximity_estimator" entry a DMDNet-Lite model file carries."""
+    state = checkpoint.get("proximity_estimator")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"DMDNet model file {path} has no usable 'proximity_estimator' entry")
+    expected = {k: tuple(v.shape) for k, v in estimator.state_dict().items()}
+    check_state_dict(state, expected, path, "DMDNet-Lite proximity estimator")
+    _load_strict(estimator, state)
 
 
 def load_midas_weights(depth_model: torch.nn.Module, path: str | Path) -> None:

@@ -63,6 +63,47 @@ def _separate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import load_pipeline
+    from .checkpoints import CheckpointError
+    from .evaluation import evaluate_dataset, to_255, write_tables
+
+    try:
+        pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
+                             dtype=args.dtype, hub_repo=args.hub_repo)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def separate(path: Path):
+        result = pipe.separate(path)
+        return to_255(result.transmission), to_255(result.reflection)
+
+    rows = []
+    for folder in map(Path, args.datasets):
+        rows += evaluate_dataset(folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image"))
+    markdown = write_tables(rows, Path(args.out))
+    print(f"weights: {pipe.weights.label} ({pipe.device}, {pipe.dtype})\n\n{markdown}")
+    print(f"per-image scores and summary written to {args.out}/")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import Trainer, TrainSettings
+
+    settings = TrainSettings(
+        out=Path(args.out), data=[Path(p) for p in args.data],
+        validation=Path(args.validation) if args.validation else None, preset=args.preset,
+        depth=Path(args.depth) if args.depth else None, patch=args.patch, batch=args.batch,
+        steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
+        threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
+    Trainer(settings).run()
+    print(f"checkpoints in {settings.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MAX_PIXELS
 
@@ -76,6 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
                                f"(default {DEFAULT_MAX_PIXELS:,})")
     add_weight_options(separate)
     separate.set_defaults(run=_separate)
+
+    evaluate = commands.add_parser("evaluate", help="PSNR/SSIM against ground truth, model and identity")
+    evaluate.add_argument("datasets", nargs="+",
+                          help="folders with blended/, transmission_layer/ and optionally reflection_layer/")
+    evaluate.add_argument("--out", default="results/evaluation", help="folder for the CSV and Markdown tables")
+    add_weight_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    natural = "../shared/data/natural"
+    train = commands.add_parser("train", help="train on synthetic pairs (resumes from --out)")
+    train.add_argument("--out", required=True, help="checkpoint folder (model_latest.pt, memory_banks_latest.pt)")
+    train.add_argument("--data", nargs="+", default=[f"{natural}/bsds500/train", f"{natural}/bsds500/val",
+                                                       f"{natural}/sun_hays80"],
+                       help="folders of natural photos to synthesise pairs from")
+    train.add_argument("--validation", default=f"{natural}/bsds500/test",
+                       help="folder of photos for fixed synthetic validation pairs")
+    train.add_argument("--preset", choices=["lite", "released"], default="lite")
+    train.add_argument("--depth", help="MiDaS file, for the released preset")
+    train.add_argument("--patch", type=int, default=128, help="training crop size (multiple of 32)")
+    train.add_argument("--batch", type=int, default=4)
+    train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
+    train.add_argument("--lr", type=float, default=4e-4)
+    train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")
+    train.add_argument("--validate-every", type=int, default=250)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(run=_train)
     return parser
 
 

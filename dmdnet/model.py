@@ -127,6 +127,9 @@ class DMDNet(nn.Module):
                                           for i in range(4))
         self.final_mugi = MuGIStack(dims[0], config.final_blocks)
         self.head = nn.Conv2d(dims[0], 3, 3, padding=1)
+        if config.transmission_skip:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.memory = MemoryBanks(config)
 
     def _bank_pair(self, t_name: str, r_name: str) -> tuple[torch.Tensor, torch.Tensor]:

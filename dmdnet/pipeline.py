@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pathlib import Path
-
-from .checkpoints import CheckpointError, load_dmdnet_weights, load_memory_banks, load_midas_weights
+from .checkpoints import (CheckpointError, config_from_checkpoint, load_dmdnet_weights, load_memory_banks,
+                          load_midas_weights, load_proximity_estimator, read_checkpoint)
 from .config import DMDNetConfig
 from .depth import MidasDPT
 from .diagnostics import Diagnostics
 from .images import ImageInput, to_tensor
 from .model import DMDNet
-from .weights import DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
+from .proximity import ProximityEstimator
+from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
 
 DEFAULT_MAX_PIXELS = 2_100_000
 
@@ -128,33 +129,66 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return names[dtype]
 
 
-def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
-                  depth: str | Path | None = None, device: torch.device | str | None = None,
-                  dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
-    """Builds a ready pipeline from the released checkpoint files.
-
-    Each file is found by `dmdnet.weights.find_weight_file` (explicit path, environment
-    variable, the authors' folder layout, then `hub_repo`). Any problem with a file
-    raises `CheckpointError` naming it.
-    """
-    paths = {spec: find_weight_file(spec, explicit, hub_repo)
-             for spec, explicit in ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))}
-    missing = [spec for spec, path in paths.items() if path is None]
-    if missing:
-        raise CheckpointError(
-            "no weights found for: " + ", ".join(
-                f"{spec.role} (pass a path, set {spec.env_var}, or place it at {spec.seed_path})"
-                for spec in missing))
-    config = DMDNetConfig.released()
+def _released_pipeline_parts(config: DMDNetConfig, checkpoint: object, paths: dict
+                             ) -> tuple[DMDNet, nn.Module, WeightsInfo]:
+    if paths[DEPTH_FILE] is None:
+        raise CheckpointError(f"no {DEPTH_FILE.role} file found for {paths[MODEL_FILE]} (pass a path, "
+                              f"set {DEPTH_FILE.env_var}, or place it at {DEPTH_FILE.seed_path})")
     with torch.device("meta"):
         network = DMDNet(config)
         depth_model = MidasDPT()
     network.memory.to_empty(device="cpu")
-    load_dmdnet_weights(network, paths[MODEL_FILE])
-    load_memory_banks(network, paths[MEMORY_FILE])
+    load_dmdnet_weights(network, paths[MODEL_FILE], checkpoint)
     load_midas_weights(depth_model, paths[DEPTH_FILE])
-    info = WeightsInfo("authors' released DMDNet + MiDaS DPT-NeXt-ViT-L",
+    info = WeightsInfo("DMDNet (authors' released weights) + MiDaS DPT-NeXt-ViT-L",
                        {spec.role: str(path) for spec, path in paths.items()})
+    return network, depth_model, info
+
+
+def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
+                         ) -> tuple[DMDNet, nn.Module, WeightsInfo]:
+    network = DMDNet(config)
+    estimator = ProximityEstimator(config.depth_feature_channels)
+    load_dmdnet_weights(network, paths[MODEL_FILE], checkpoint)
+    load_proximity_estimator(estimator, checkpoint, paths[MODEL_FILE])
+    default = paths[MODEL_FILE] == DEFAULT_WEIGHTS[MODEL_FILE]
+    label = ("DMDNet-Lite, the project's own default weights (trained on synthetic pairs; "
+             "learned proximity estimator in place of MiDaS)" if default else
+             "DMDNet-Lite (learned proximity estimator in place of MiDaS)")
+    return network, estimator, WeightsInfo(label, {spec.role: str(path) for spec, path in paths.items()
+                                                   if spec is not DEPTH_FILE})
+
+
+def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
+                  depth: str | Path | None = None, device: torch.device | str | None = None,
+                  dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
+    """Builds a ready pipeline.
+
+    Each file is found by `dmdnet.weights.find_weight_file` (explicit path, environment
+    variable, the authors' folder layout, then `hub_repo`). With none of the authors'
+    files anywhere, the project's own DMDNet-Lite weights shipped in `weights/` load.
+    A model file that carries its own "config" and "proximity_estimator" (DMDNet-Lite)
+    needs no MiDaS file. Any problem with a file raises `CheckpointError` naming it.
+    """
+    paths = {spec: find_weight_file(spec, explicit, hub_repo)
+             for spec, explicit in ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))}
+    if all(path is None for path in paths.values()):
+        if not DEFAULT_WEIGHTS[MODEL_FILE].is_file():
+            raise CheckpointError(
+                "no weights found: give the authors' files (paths, DMDNET_MODEL/DMDNET_MEMORY/"
+                f"DMDNET_DEPTH, or the {MODEL_FILE.seed_path} layout), or restore the project's "
+                f"default weights at {DEFAULT_WEIGHTS[MODEL_FILE].parent}")
+        paths = {**DEFAULT_WEIGHTS, DEPTH_FILE: None}
+    for spec in (MODEL_FILE, MEMORY_FILE):
+        if paths[spec] is None:
+            raise CheckpointError(f"no {spec.role} file found (pass a path, set {spec.env_var}, "
+                                  f"or place it at {spec.seed_path})")
+    checkpoint = read_checkpoint(paths[MODEL_FILE], MODEL_FILE.role)
+    config = config_from_checkpoint(checkpoint, paths[MODEL_FILE])
+    build = _lite_pipeline_parts if (isinstance(checkpoint, dict) and "proximity_estimator" in checkpoint) \
+        else _released_pipeline_parts
+    network, depth_model, info = build(config, checkpoint, paths)
+    load_memory_banks(network, paths[MEMORY_FILE])
     return Pipeline(network, depth_model, device or default_device(), parse_dtype(dtype),
                     max_pixels, info)

@@ -3,7 +3,8 @@
 Each of the three files (network, memory banks, MiDaS depth) is looked up on its own,
 in this order: the path given by the caller; an environment variable; the authors'
 folder layout under the working directory or the repository; a Hugging Face Hub
-repository (optional, through `huggingface_hub`).
+repository (optional, through `huggingface_hub`). When none of the authors' files
+is found anywhere, `DEFAULT_WEIGHTS` (shipped with the repository) are used.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ MODEL_FILE = WeightFile("DMDNet model", "DMDNET_MODEL", "checkpoints/DMDNet/mode
 MEMORY_FILE = WeightFile("memory bank", "DMDNET_MEMORY", "checkpoints/DMDNet/memory_banks_latest.pt")
 DEPTH_FILE = WeightFile("MiDaS depth", "DMDNET_DEPTH", "pretrained/dpt_next_vit_large_384.pt")
 HUB_REPO_ENV = "DMDNET_HUB_REPO"
+DEFAULT_WEIGHTS = {
+    MODEL_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / "model_latest.pt",
+    MEMORY_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / "memory_banks_latest.pt",
+}
+"""The project's own DMDNet-Lite weights, used when none of the authors' files is found."""
 
 
 def _from_hub(repo_id: str, file: WeightFile) -> Path:

@@ -215,20 +215,22 @@ def _scan_segment(
     chunk_length = min(chunk_length, length)
     chunks = math.ceil(length / chunk_length)
 
+    # unbind once: per-step indexing would make autograd allocate a full-size gradient per step.
     dt_steps = _by_step(dt.unflatten(1, (groups, -1)), chunks, chunk_length).unsqueeze(3)
-    dt_u_steps = _by_step((dt * u).unflatten(1, (groups, -1)), chunks, chunk_length).unsqueeze(3)
-    B_steps = _by_step(B, chunks, chunk_length).unsqueeze(4)
-    C_steps = _by_step(C, chunks, chunk_length).unsqueeze(4)
+    chunk_decay = torch.exp2(dt_steps.sum(0) * A_log2).unbind(-1)
+    dt_steps = dt_steps.unbind(0)
+    dt_u_steps = _by_step((dt * u).unflatten(1, (groups, -1)), chunks, chunk_length).unsqueeze(3).unbind(0)
+    B_steps = _by_step(B, chunks, chunk_length).unsqueeze(4).unbind(0)
+    C_steps = _by_step(C, chunks, chunk_length).unsqueeze(4).unbind(0)
 
     h = u.new_zeros(batch, groups, n_state, channels // groups, chunks)
     for t in range(chunk_length):
         h = _scan_step(h, dt_steps[t], dt_u_steps[t], A_log2, B_steps[t])
 
-    chunk_decay = torch.exp2(dt_steps.sum(0) * A_log2)
     chunk_starts = []
-    for k in range(chunks):
+    for final, decay in zip(h.unbind(-1), chunk_decay):
         chunk_starts.append(state)
-        state = torch.addcmul(h[..., k], chunk_decay[..., k], state)
+        state = torch.addcmul(final, decay, state)
 
     h = torch.stack(chunk_starts, dim=-1)
     outputs = []

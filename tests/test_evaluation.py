@@ -1,0 +1,81 @@
+"""The evaluator's numbers against values worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dmdnet.evaluation import (dataset_pairs, evaluate_dataset, image_scores, luma, psnr, ssim,
+                               summarize, write_tables)
+
+
+def test_psnr_of_a_constant_offset():
+    truth = np.full((8, 8, 3), 100.0)
+    assert psnr(truth + 5, truth) == pytest.approx(20 * math.log10(255 / 5))
+    assert psnr(truth, truth) == math.inf
+    half = truth.copy()
+    half[:4] += 10
+    assert psnr(half, truth) == pytest.approx(10 * math.log10(255**2 / 50))
+
+
+def test_ssim_of_flat_images():
+    c1 = (0.01 * 255) ** 2
+    a, b = np.full((16, 16), 100.0), np.full((16, 16), 150.0)
+    expected = (2 * 100 * 150 + c1) / (100**2 + 150**2 + c1)
+    assert ssim(a, b) == pytest.approx(expected)
+    assert ssim(a, a) == pytest.approx(1.0)
+
+
+def test_ssim_of_a_contrast_change():
+    c2 = (0.03 * 255) ** 2
+    rng = np.random.default_rng(0)
+    x = rng.choice([90.0, 110.0], size=(64, 64))
+    y = 100 + 2 * (x - 100)
+    score = ssim(y, x)
+    assert 0.5 < score < (2 * 2 * 100 + c2) / (4 * 100 + 100 + c2) + 0.05
+
+
+def test_luma_matches_bt601():
+    assert luma(np.array([[[255.0, 255.0, 255.0]]]))[0, 0] == pytest.approx(235.0)
+    assert luma(np.zeros((1, 1, 3)))[0, 0] == pytest.approx(16.0)
+    assert luma(np.array([[[255.0, 0.0, 0.0]]]))[0, 0] == pytest.approx(16 + 65.481)
+
+
+def test_image_scores_of_identical_images():
+    image = np.random.default_rng(1).uniform(0, 255, (20, 20, 3))
+    scores = image_scores(image, image)
+    assert scores["psnr"] == math.inf and scores["psnr_y"] == math.inf
+    assert scores["ssim"] == pytest.approx(1.0) and scores["ssim_y"] == pytest.approx(1.0)
+
+
+def _write_dataset(root, with_reflection=True):
+    for sub in ("blended", "transmission_layer", "reflection_layer"):
+        (root / sub).mkdir(parents=True)
+    t = np.full((16, 16, 3), 100, np.uint8)
+    r = np.full((16, 16, 3), 20, np.uint8)
+    Image.fromarray(t + r).save(root / "blended" / "a.png")
+    Image.fromarray(t).save(root / "transmission_layer" / "a.png")
+    if with_reflection:
+        Image.fromarray(r).save(root / "reflection_layer" / "a.png")
+    Image.fromarray(t).save(root / "blended" / "b.png")
+    return t, r
+
+
+def test_dataset_evaluation_and_tables(tmp_path):
+    t, r = _write_dataset(tmp_path / "set")
+    pairs = dataset_pairs(tmp_path / "set")
+    assert [(p.name, p.transmission is not None, p.reflection is not None) for p in pairs] == [
+        ("a", True, True), ("b", False, False)]
+    perfect = {"a": (t.astype(float), r.astype(float))}
+    rows = evaluate_dataset(tmp_path / "set", lambda path: perfect.get(path.stem, (t * 1.0, r * 1.0)))
+    by_key = {(row["method"], row["layer"]): row for row in rows}
+    assert set(by_key) == {("model", "T"), ("model", "R"), ("identity", "T")}
+    assert by_key[("model", "T")]["psnr"] == math.inf
+    assert by_key[("identity", "T")]["psnr"] == pytest.approx(20 * math.log10(255 / 20))
+    summary = summarize(rows)
+    assert {s["images"] for s in summary} == {1}
+    markdown = write_tables(rows, tmp_path / "out")
+    assert "| set | identity | T | 1 | 22.11 |" in markdown
+    assert (tmp_path / "out" / "per_image.csv").read_text().count("\n") == 4
