@@ -78,3 +78,22 @@ def seeded_pipeline_float32(seeded_checkpoints):
 
     return dmdnet.load_pipeline(**{k: str(v) for k, v in seeded_checkpoints.items()},
                                 device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def lite_checkpoints(tmp_path_factory) -> dict:
+    """A randomly initialised DMDNet-Lite saved as a self-contained model file plus banks."""
+    import torch
+
+    from dmdnet.checkpoints import save_dmdnet_checkpoint
+    from dmdnet.config import DMDNetConfig
+    from dmdnet.model import DMDNet
+    from dmdnet.proximity import ProximityEstimator
+
+    torch.manual_seed(0)
+    config = DMDNetConfig.lite()
+    folder = tmp_path_factory.mktemp("lite_weights")
+    paths = {"model": folder / "model_latest.pt", "memory": folder / "memory_banks_latest.pt"}
+    save_dmdnet_checkpoint(DMDNet(config), paths["model"], paths["memory"], config=config.to_dict(),
+                           proximity_estimator=ProximityEstimator(config.depth_feature_channels).state_dict())
+    return paths

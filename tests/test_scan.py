@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from dmdnet.ops import scan
+from dmdnet.ops import scan, scan_numba
 from dmdnet.ops.scan import (
     scan_backend,
     selective_scan,
@@ -148,7 +148,13 @@ def test_invalid_shapes_raise(change, message):
             function(**inputs)
 
 
-def test_auto_uses_chunked_on_cpu(monkeypatch):
+@pytest.fixture
+def without_numba(monkeypatch):
+    """Make the dispatcher see numba as missing (tests/test_scan_numba.py covers the numba path)."""
+    monkeypatch.setattr(scan_numba, "_probe_numba", lambda: (None, "ModuleNotFoundError: No module named 'numba'"))
+
+
+def test_auto_uses_chunked_on_cpu_without_numba(monkeypatch, without_numba):
     monkeypatch.delenv(scan.SCAN_IMPL_ENV, raising=False)
     inputs = make_inputs(dtype=torch.float32)
     assert scan_backend("cpu", torch.float32) == "torch-chunked"
@@ -181,7 +187,7 @@ def test_unknown_env_value_raises(monkeypatch):
         scan_backend("cpu", torch.float32)
 
 
-def test_cuda_dispatch_rules_with_a_stub_kernel(monkeypatch):
+def test_cuda_dispatch_rules_with_a_stub_kernel(monkeypatch, without_numba):
     """Without a GPU: the kernel is chosen for CUDA float32/16/bf16 only, never for float64 or CPU."""
     monkeypatch.setattr(scan, "_probe_mamba_kernel", lambda: (selective_scan_reference, ""))
     monkeypatch.delenv(scan.SCAN_IMPL_ENV, raising=False)

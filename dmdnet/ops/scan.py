@@ -11,10 +11,11 @@ Channel ``d`` reads group ``d // (D // G)`` of B and C. With
     h_t = exp(dt_t * A[d]) * h_{t-1} + dt_t * B[g, :, t] * u_t
     y_t = sum_n C[g, n, t] * h_t[n] + D[d] * u_t
 
-Three implementations share that contract:
+Four implementations share that contract:
 
 * `selective_scan_reference`: a plain loop over L, the test oracle.
 * `selective_scan_chunked`: exact, vectorised, memory-bounded torch code (CPU and GPU).
+* `scan_numba.selective_scan_numba`: exact compiled CPU loops, used on CPU when numba imports.
 * mamba_ssm's fused CUDA kernel, used when it is importable and the tensors suit it.
 
 `selective_scan` picks one (environment variable ``DMDNET_SCAN_IMPL``) and
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 SCAN_IMPL_ENV = "DMDNET_SCAN_IMPL"
-"""Environment variable forcing a path: ``auto`` (default), ``reference``, ``chunked`` or ``cuda``."""
+"""Environment variable forcing a path: ``auto`` (default), ``reference``, ``chunked``, ``numba`` or ``cuda``."""
 
 SCAN_MEMORY_BUDGET_BYTES = 64 * 2**20
 """Approximate peak of the live temporaries of one `selective_scan_chunked` call, the output excluded.
@@ -65,6 +66,7 @@ _GROUP_COPIES = 3
 _BACKENDS = {
     "reference": "torch-reference",
     "chunked": "torch-chunked",
+    "numba": "numba-cpu",
     "cuda": "mamba_ssm-cuda",
 }
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -315,6 +317,15 @@ def _kernel_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str:
     return ""
 
 
+def _numba_unavailable_reason(device: torch.device) -> str:
+    """Why the numba CPU kernels cannot run for this device ("" when they can)."""
+    if device.type != "cpu":
+        return f"tensors are on {device}, not CPU"
+    from . import scan_numba  # imported here: scan_numba imports this module
+
+    return scan_numba.numba_unavailable_reason()
+
+
 def _requested_impl() -> str:
     """The implementation forced by DMDNET_SCAN_IMPL, read now (default "auto")."""
     impl = os.environ.get(SCAN_IMPL_ENV, "auto").strip().lower() or "auto"
@@ -326,16 +337,24 @@ def _requested_impl() -> str:
 def scan_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     """Name the path `selective_scan` takes for tensors of this device and dtype.
 
-    One of "mamba_ssm-cuda", "torch-chunked", "torch-reference"; raises RuntimeError like
-    `selective_scan` when DMDNET_SCAN_IMPL=cuda is forced but the kernel cannot run.
+    One of "mamba_ssm-cuda", "numba-cpu", "torch-chunked", "torch-reference"; raises RuntimeError like
+    `selective_scan` when DMDNET_SCAN_IMPL=cuda or numba is forced but that path cannot run.
     """
     impl = _requested_impl()
+    device = torch.device(device)
     if impl in ("reference", "chunked"):
         return _BACKENDS[impl]
-    reason = _kernel_unavailable_reason(torch.device(device), dtype)
+    if impl == "numba":
+        reason = _numba_unavailable_reason(device)
+        if reason:
+            raise RuntimeError(f"{SCAN_IMPL_ENV}=numba but the numba CPU kernels cannot be used: {reason}")
+        return _BACKENDS["numba"]
+    reason = _kernel_unavailable_reason(device, dtype)
     if impl == "cuda" and reason:
         raise RuntimeError(f"{SCAN_IMPL_ENV}=cuda but the mamba_ssm CUDA kernel cannot be used: {reason}")
-    return _BACKENDS["chunked"] if reason else _BACKENDS["cuda"]
+    if not reason:
+        return _BACKENDS["cuda"]
+    return _BACKENDS["chunked"] if _numba_unavailable_reason(device) else _BACKENDS["numba"]
 
 
 def _selective_scan_cuda(
@@ -374,13 +393,16 @@ def selective_scan(
 ) -> torch.Tensor:
     """Selective scan through the best available path (see `scan_backend`); y is (batch, D, L) in u's dtype.
 
-    DMDNET_SCAN_IMPL (read at every call) forces "reference", "chunked" or "cuda"; "auto" uses the mamba_ssm
-    kernel for float32/float16/bfloat16 CUDA tensors when it imports, `selective_scan_chunked` otherwise.
+    DMDNET_SCAN_IMPL (read at every call) forces "reference", "chunked", "numba" or "cuda"; "auto" uses the
+    mamba_ssm kernel for float32/float16/bfloat16 CUDA tensors when it imports, the numba kernels for CPU
+    tensors when numba imports, `selective_scan_chunked` otherwise.
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     backend = scan_backend(u.device, u.dtype)
     if backend == _BACKENDS["cuda"]:
         scan = _selective_scan_cuda
+    elif backend == _BACKENDS["numba"]:
+        from .scan_numba import selective_scan_numba as scan
     elif backend == _BACKENDS["reference"]:
         scan = selective_scan_reference
     else:
