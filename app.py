@@ -1,0 +1,531 @@
+"""DMDNet demo: split a photo taken through glass into the scene behind it and the reflection.
+
+    python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
+                  [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
+
+A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
+writes its layers, figures and diagnostics to a run folder; the session keeps the run's
+id in `gr.State`, so the level/stream/expert views are redrawn from the saved
+diagnostics without running the network again. A lazily cached example carries the same
+id in its cached summary, so it behaves like a fresh run.
+"""
+from __future__ import annotations
+
+try:  # ZeroGPU: `spaces` has to be imported before torch initialises CUDA.
+    import spaces
+except ImportError:
+    spaces = None
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+import dmdnet
+from dmdnet import viz
+from dmdnet.cli import add_weight_options
+from dmdnet.images import save_png, to_uint8
+from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+RUNS_DIR = Path(tempfile.gettempdir()) / "dmdnet_runs"
+RUN_LIFETIME_S = 24 * 3600
+RUN_ID = re.compile(r"run-[0-9a-f]{32}")
+CPU_MAX_PIXELS = 1024 * 1024
+MAX_UPLOAD_PIXELS = 50_000_000
+PREVIEW_SIDE = 1280
+QUEUE_SIZE = 16
+PAPER_URL = "https://arxiv.org/abs/2601.00322"
+CODE_URL = "https://github.com/fashyon/DMDNet"
+STREAMS = [("T · regional", "T"), ("R · global", "R")]
+
+log = logging.getLogger("dmdnet.app")
+PIPELINE: dmdnet.Pipeline | None = None
+"""Loaded once by `main()` before the server starts."""
+NETWORK_LOCK = threading.Lock()
+"""One separation at a time, whichever event (button, API, example caching) asks."""
+
+
+# ----------------------------------------------------------------------------------------
+# Running the network
+
+
+def gpu_seconds(path: str) -> int:
+    """ZeroGPU time to reserve for one image: grows with the pixels the network will run."""
+    try:
+        with Image.open(path) as probe:
+            pixels = probe.width * probe.height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        pixels = 0
+    return int(30 + 60 * min(pixels, PIPELINE.max_pixels) / 1e6)
+
+
+def _on_gpu(function):
+    """`spaces.GPU` with a size-dependent duration on ZeroGPU; unchanged elsewhere."""
+    return spaces.GPU(duration=gpu_seconds)(function) if spaces is not None else function
+
+
+@_on_gpu
+def run_network(path: str) -> dmdnet.SeparationResult:
+    """Separates one image file with diagnostics; tensors come back on the CPU."""
+    with NETWORK_LOCK:
+        result = PIPELINE.separate(path, diagnostics=True)
+    for name in ("transmission", "reflection", "depth", "image"):
+        setattr(result, name, getattr(result, name).detach().cpu())
+    return result
+
+
+def refuse(message: str, title: str) -> gr.Error:
+    """A user-facing error: shown in the UI (AppError for API clients), not logged as a crash."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def uploaded_file(image: dict | None) -> tuple[Path, str]:
+    """The uploaded file and its original name; refuses missing, unreadable and huge images."""
+    path = (image or {}).get("path")
+    if not path:
+        raise refuse("No image yet: upload a photo, paste one, take one with the webcam "
+                     "or click an example.", "No image")
+    name = Path(image.get("orig_name") or path).name
+    limit = f"{MAX_UPLOAD_PIXELS // 1_000_000} MP"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as probe:
+                width, height = probe.size
+    except Image.DecompressionBombError:
+        raise refuse(f"{name} is far larger than the {limit} this demo accepts.", "Image too large") from None
+    except (OSError, ValueError, SyntaxError):
+        raise refuse(f"{name} is not an image this demo can read: use a PNG, JPEG, WebP, TIFF "
+                     "or BMP file.", "Not an image") from None
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise refuse(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP); this demo accepts "
+                     f"up to {limit}. Please downscale it.", "Image too large")
+    return Path(path), name
+
+
+def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple:
+    """Separates the photo, saves the run and returns its files (the `/separate` API)."""
+    path, name = uploaded_file(image)
+    progress(0.05, desc="Estimating depth and separating the layers")
+    try:
+        started = time.perf_counter()
+        result = run_network(str(path))
+        seconds = time.perf_counter() - started
+        progress(0.9, desc="Drawing the figures")
+        run = save_run(result, name, seconds)
+    except dmdnet.InvalidImageError as error:
+        raise refuse(str(error).replace(str(path), name), "Unreadable image") from None
+    except Exception as error:
+        log.exception("separation failed for %s", name)
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise refuse(f"The separation failed ({type(error).__name__}: {reason}).",
+                     "Separation failed") from None
+    return (run.file("transmission"), run.file("reflection"), run.file("depth"),
+            run.file("scan_order"), run.file("gates"), run.summary)
+
+
+# ----------------------------------------------------------------------------------------
+# Run folders: what a session's state points to
+
+
+@dataclass
+class Run:
+    """One saved separation: its folder, summary and diagnostics."""
+
+    folder: Path
+    info: dict
+    scans: list[viz.ScanView]
+    experts: list[viz.ExpertView]
+
+    def file(self, key: str) -> str:
+        return str(self.folder / self.info["files"][key])
+
+    @property
+    def summary(self) -> dict:
+        """What the API reports about the run (everything but the file table)."""
+        return {key: value for key, value in self.info.items() if key != "files"}
+
+    @property
+    def processed_size(self) -> tuple[int, int]:
+        return self.info["processed"]["height"], self.info["processed"]["width"]
+
+    @functools.cached_property
+    def layers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Transmission and reflection previews as float arrays in [0, 1], for the remix."""
+        def read(key: str) -> np.ndarray:
+            with Image.open(self.file(key)) as image:
+                return np.asarray(image.convert("RGB"), np.float32) / 255
+        return read("transmission_preview"), read("reflection_preview")
+
+
+def _preview(tensor: torch.Tensor) -> Image.Image:
+    image = Image.fromarray(to_uint8(tensor))
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def prune_runs(now: float | None = None) -> None:
+    """Deletes run folders nobody has looked at for `RUN_LIFETIME_S`."""
+    now = time.time() if now is None else now
+    for folder in RUNS_DIR.glob("run-*"):
+        try:
+            if now - folder.stat().st_mtime > RUN_LIFETIME_S:
+                for item in folder.iterdir():
+                    item.unlink()
+                folder.rmdir()
+        except OSError:
+            continue
+
+
+def save_run(result: dmdnet.SeparationResult, name: str, seconds: float) -> Run:
+    """Writes the layers (full resolution), previews, figures and diagnostics of one run."""
+    prune_runs()
+    run_id = f"run-{uuid.uuid4().hex}"
+    folder = RUNS_DIR / run_id
+    folder.mkdir(parents=True)
+    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem)[:60] or "image"
+    files = {"transmission": f"{stem}_transmission.png", "reflection": f"{stem}_reflection.png",
+             "input_preview": "input_preview.png", "transmission_preview": "transmission_preview.png",
+             "reflection_preview": "reflection_preview.png", "depth": f"{stem}_depth.png",
+             "scan_order": f"{stem}_scan_order.png", "gates": f"{stem}_mecm_gates.png",
+             "diagnostics": "diagnostics.npz"}
+    save_png(result.transmission, folder / files["transmission"])
+    save_png(result.reflection, folder / files["reflection"])
+    for key, tensor in (("input", result.image), ("transmission", result.transmission),
+                        ("reflection", result.reflection)):
+        _preview(tensor).save(folder / files[f"{key}_preview"])
+    scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
+    np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
+    viz.depth_figure(result.depth[0, 0].float().numpy()).save(folder / files["depth"])
+    viz.scan_overview(scans, result.processed_size).save(folder / files["scan_order"])
+    viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
+                     [e.label for e in experts]).save(folder / files["gates"])
+    height, width = result.image.shape[-2:]
+    info = {
+        "source": name,
+        "input": {"width": width, "height": height},
+        "processed": {"width": result.processed_size[1], "height": result.processed_size[0]},
+        "seconds": round(seconds, 2),
+        "weights": PIPELINE.weights.label,
+        "device": str(PIPELINE.device),
+        "mecm_gates": {e.label: [round(float(c), 4) for c in e.coefficients] for e in experts},
+        "run": run_id,
+        "files": files,
+    }
+    (folder / "info.json").write_text(json.dumps(info, indent=1))
+    return load_run(run_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_run(folder: Path) -> Run:
+    with np.load(folder / "diagnostics.npz") as arrays:
+        scans, experts = viz.views_from_arrays(dict(arrays))
+    return Run(folder, json.loads((folder / "info.json").read_text()), scans, experts)
+
+
+def load_run(run_id: str) -> Run:
+    """The run a session's state names (its id comes from the browser, so it is checked);
+    marks it as recently used."""
+    folder = RUNS_DIR / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
+    if folder is None or not (folder / "info.json").is_file():
+        raise refuse("This result is no longer kept on the server. Press Separate to run "
+                     "the photo again.", "Result expired")
+    os.utime(folder)
+    return _read_run(folder)
+
+
+# ----------------------------------------------------------------------------------------
+# Views redrawn from a run (no network)
+
+
+def _site(view: viz.ScanView) -> str:
+    return f"{view.branch}:{view.block}"
+
+
+def _site_label(view: viz.ScanView) -> str:
+    if view.branch == "main":
+        return f"main decoder · block {view.block + 1}"
+    return f"depth branch for {view.branch[-1]} · block {view.block + 1}"
+
+
+def show_layers(run_id: str, alpha: float) -> tuple:
+    """Input/layer sliders, the T + alpha*R remix and the run summary line."""
+    run = load_run(run_id)
+    info = run.info
+    size = f"{info['input']['width']}x{info['input']['height']}"
+    if info["processed"] != info["input"]:
+        size += f" (run at {info['processed']['width']}x{info['processed']['height']})"
+    line = f"Separated **{info['source']}**, {size}, in {info['seconds']:.1f} s on {info['device']}."
+    return ((run.file("input_preview"), run.file("transmission_preview")),
+            (run.file("input_preview"), run.file("reflection_preview")),
+            viz.remix(*run.layers, alpha), line)
+
+
+def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
+    """The transmission plus `alpha` times the reflection."""
+    if not run_id:
+        return gr.skip()
+    return viz.remix(*load_run(run_id).layers, alpha)
+
+
+def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
+    """The scan-order map and animation of the chosen level, stream and block."""
+    if not run_id:
+        return gr.skip()
+    run = load_run(run_id)
+    views = sorted((v for v in run.scans if v.level == level and v.stream == stream),
+                   key=lambda v: (v.branch != "main", v.branch, v.block))
+    view = next((v for v in views if _site(v) == site), views[0])
+    animation = run.folder / f"scan_L{level}_{stream}_{view.branch}_{view.block}.gif"
+    if not animation.is_file():
+        partial = animation.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        viz.save_gif(viz.scan_animation(view, run.processed_size), partial)
+        partial.replace(animation)
+    choices = [(_site_label(v), _site(v)) for v in views]
+    return (gr.update(choices=choices, value=_site(view)),
+            viz.scan_figure(view, run.processed_size), str(animation))
+
+
+def show_experts(run_id: str | None, call: int | None) -> tuple:
+    """Per-expert contribution maps of the chosen MECM call."""
+    if not run_id:
+        return gr.skip()
+    run = load_run(run_id)
+    if not (isinstance(call, int) and 0 <= call < len(run.experts)):  # first view: full-resolution T
+        call = next((i for i, v in enumerate(run.experts) if (v.level, v.branch, v.stream) == (1, "main", "T")), 0)
+    choices = [(view.label, index) for index, view in enumerate(run.experts)]
+    return (gr.update(choices=choices, value=call),
+            viz.expert_figure(run.experts[call], run.processed_size))
+
+
+def show_run(summary: dict | None, alpha: float, level: int, stream: str, site: str,
+             call: int | None) -> tuple:
+    """After Separate or an example: the run's id (for the session state) and every view."""
+    run_id = (summary or {}).get("run")
+    if not run_id:
+        return gr.skip()
+    return ((run_id,) + show_layers(run_id, alpha) + show_scan(run_id, level, stream, site)
+            + show_experts(run_id, call))
+
+
+# ----------------------------------------------------------------------------------------
+# Page
+
+
+HEADER = f"""
+# DMDNet · see through the glass
+Split a photo taken through a window into the **scene behind the glass** (transmission, T)
+and the **reflection** (R). DMDNet (AAAI 2026) lets estimated depth steer the network: its
+Mamba blocks read the pixels in a depth-aware order (DAScan), depth enters the state-space
+terms (DS-SSM), and memory experts (MECM) restore what the reflection covered.
+[Paper (arXiv:2601.00322)]({PAPER_URL}) · [Authors' code]({CODE_URL}) · this demo runs an
+independent, exact PyTorch re-implementation.
+"""
+
+SCAN_HELP = """
+A selective scan reads a feature map as a sequence, so the order decides what each pixel
+has "seen". DAScan sorts pixels by a learned proximity map: the **T** stream scans region by
+region (outlined in white), near-to-far inside each; the **R** stream scans all pixels
+near-to-far. Colour = position in the sequence.
+"""
+
+EXPERT_HELP = """
+Each DM stack ends with a memory-expert block (MECM): a gate picks 2 of 4 experts, and each
+reads its memory bank to fill in content. Rows are MECM calls: level, branch (the main
+decoder, or the depth-semantic branch for stream T or R) and the stream it compensates.
+"""
+
+CITATION = """
+```bibtex
+@inproceedings{dmdnet2026,
+  title     = {Depth-Synergized Mamba Meets Memory Experts for All-Day Image Reflection Separation},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2026},
+  eprint    = {2601.00322},
+  archivePrefix = {arXiv}
+}
+```
+Example photos: WindowSeat project examples (SIR² and other sources; licence per source) and
+CEILNet Real45 (Fan et al., ICCV 2017; research use only). `examples/README.md` names each
+file's source.
+"""
+
+API_HELP = """
+`/separate` takes one image and returns, in order: the **transmission** PNG and the
+**reflection** PNG at the input's full resolution, the colour-mapped **depth** map, the
+**scan order** of every level (T and R streams), the **MECM gate** heatmap, and a JSON
+**summary** (input and processed sizes, seconds, weights, device, the gate coefficients of
+every MECM call, and the server-side `run` id).
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")          # or the Space name, e.g. "user/dmdnet"
+transmission, reflection, depth, scan_order, gates, summary = client.predict(
+    handle_file("photo.jpg"), api_name="/separate")
+print(transmission, summary["seconds"])
+```
+Invalid files are refused with a message (`gradio_client.exceptions.AppError`).
+"""
+
+CSS = """
+.gradio-container { max-width: 1400px !important; margin: auto; }
+#header h1 { margin-bottom: 0.2em; }
+#weights { opacity: 0.8; font-size: 0.9em; }
+"""
+
+
+def example_files() -> list[str]:
+    """The bundled example photos, sorted by name."""
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+
+
+def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
+    """The Blocks page; `pipe` only provides the weights/device line (the module's
+    `PIPELINE` runs the network)."""
+    scale = "" if pipe.max_pixels >= DEFAULT_MAX_PIXELS else (
+        f" · photos above {pipe.max_pixels / 1e6:.1f} MP run downscaled")
+    weights_line = (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
+                    f"({str(pipe.dtype).removeprefix('torch.')}){scale}")
+    figure = functools.partial(gr.Image, interactive=False, format="png")
+    with gr.Blocks(title="DMDNet reflection separation", delete_cache=(3600, RUN_LIFETIME_S)) as demo:
+        gr.Markdown(HEADER, elem_id="header")
+        gr.Markdown(weights_line, elem_id="weights")
+        run_state = gr.State()
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                image = gr.Image(label="Photo through glass", type="filepath", image_mode=None, height=340,
+                                 sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                run_button = gr.Button("Separate", variant="primary", size="lg", elem_id="separate")
+                summary = gr.Markdown(elem_id="summary")
+                examples_slot = gr.Column()
+            with gr.Column(scale=5):
+                with gr.Tabs():
+                    with gr.Tab("Layers"):
+                        with gr.Row():
+                            slider_t = gr.ImageSlider(label="Input | Transmission (scene)", type="filepath",
+                                                      format="png", interactive=False, elem_id="slider-t")
+                            slider_r = gr.ImageSlider(label="Input | Reflection", type="filepath",
+                                                      format="png", interactive=False, elem_id="slider-r")
+                        with gr.Row(equal_height=False):
+                            with gr.Column():
+                                alpha = gr.Slider(0, 1, value=0, step=0.05, label="Reflection strength α",
+                                                  info="Recomposes T + α·R: 0 removes the reflection, "
+                                                       "1 puts all of it back.", elem_id="alpha")
+                                t_file = gr.File(label="Transmission PNG (full resolution)", height=90,
+                                                 elem_id="transmission-file")
+                                r_file = gr.File(label="Reflection PNG (full resolution)", height=90,
+                                                 elem_id="reflection-file")
+                            remix = figure(label="Remix T + α·R", height=360, elem_id="remix")
+                    with gr.Tab("Depth & scan order"):
+                        gr.Markdown(SCAN_HELP)
+                        with gr.Row():
+                            level = gr.Slider(1, 5, value=3, step=1, precision=0, label="Level",
+                                              info="1 = full resolution, 5 = 1/16", elem_id="level")
+                            stream = gr.Radio(STREAMS, value="T", label="Stream",
+                                              info="T: scene, R: reflection", elem_id="stream")
+                            site = gr.Dropdown([("main decoder · block 1", "main:0")], value="main:0",
+                                               label="DSMamba block", info="blocks of the chosen level",
+                                               elem_id="site")
+                        with gr.Row():
+                            depth = figure(label="Depth map", type="filepath", height=400, elem_id="depth")
+                            scan = figure(label="Scan order", height=400, elem_id="scan")
+                            animation = figure(label="Scan progressing", type="filepath", height=400,
+                                               elem_id="animation")
+                        with gr.Accordion("All levels at a glance (main decoder, first block)", open=False):
+                            overview = figure(label="Scan order of every level", type="filepath",
+                                              elem_id="overview")
+                    with gr.Tab("Memory experts"):
+                        gr.Markdown(EXPERT_HELP)
+                        call = gr.Dropdown([], value=None, label="MECM call", elem_id="call")
+                        experts = figure(label="Per-expert contributions", elem_id="experts")
+                        gates = figure(label="MECM gates of every call", type="filepath", height=640,
+                                       elem_id="gates")
+                    with gr.Tab("API"):
+                        gr.Markdown(API_HELP)
+                        details = gr.JSON(label="Summary", open=False, max_height=420, elem_id="details")
+        with gr.Accordion("Citation and example sources", open=False):
+            gr.Markdown(CITATION)
+
+        run_outputs = [t_file, r_file, depth, overview, gates, details]
+        views = [run_state, slider_t, slider_r, remix, summary, site, scan, animation, call, experts]
+        private = {"api_visibility": "private", "show_progress": "hidden"}
+        run = run_button.click(separate, [image], run_outputs, api_name="separate", preprocess=False,
+                               api_description="Separate a photo into transmission and reflection layers.")
+        with examples_slot:
+            examples = gr.Examples([[path] for path in example_files()], [image], run_outputs, separate,
+                                   cache_examples=True, cache_mode="lazy", preprocess=False,
+                                   api_visibility="private", examples_per_page=8, label="Examples")
+        for finished in (run, examples.load_input_event):
+            finished.success(show_run, [details, alpha, level, stream, site, call], views, **private)
+        alpha.input(show_remix, [run_state, alpha], remix, trigger_mode="always_last", **private)
+        for selector in (level, stream, site):
+            selector.input(show_scan, [run_state, level, stream, site], [site, scan, animation],
+                           trigger_mode="always_last", **private)
+        call.input(show_experts, [run_state, call], [call, experts], **private)
+    return demo
+
+
+def weights_key(pipe: dmdnet.Pipeline) -> str:
+    """Short hash naming the loaded weights, so cached examples never outlive them."""
+    parts = [pipe.weights.label, str(pipe.dtype), str(pipe.max_pixels)]
+    for role, name in sorted(pipe.weights.files.items()):
+        path = Path(name)
+        stat = path.stat() if path.is_file() else None
+        parts += [role, str(path.resolve()), str(stat and stat.st_size), str(stat and stat.st_mtime_ns)]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="DMDNet reflection-separation demo (Gradio).")
+    parser.add_argument("--host", help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--max-pixels", type=int,
+                        help=f"larger photos run downscaled (default: {CPU_MAX_PIXELS:,} on CPU, "
+                             f"{DEFAULT_MAX_PIXELS:,} on GPU)")
+    add_weight_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    global PIPELINE
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        device = torch.device(args.device) if args.device else default_device()
+        max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
+        PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
+                                        dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels)
+    except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info("loaded %s on %s", PIPELINE.weights.label, PIPELINE.device)
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS_DIR / f"examples-{weights_key(PIPELINE)}"))
+    demo = build_demo(PIPELINE)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="100mb",
+                theme=gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), css=CSS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

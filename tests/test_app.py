@@ -1,0 +1,233 @@
+"""The Gradio app: helpers in-process, then every endpoint of a real server over HTTP.
+
+The server is `python app.py` on 127.0.0.1 with the seeded released-size weights, started
+once per test session (`start_app`, shared with test_browser.py) and stopped at the end.
+Images stay tiny (<= 64 px): the released model takes seconds per image on a CPU.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300
+_SERVER: dict = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_app(checkpoints: dict, tmp_path_factory, config) -> SimpleNamespace:
+    """Starts `python app.py` once per session; returns its url and private temp folder."""
+    if _SERVER:
+        return _SERVER["app"]
+    home = tmp_path_factory.mktemp("app_server")
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost"}
+    env.pop("GRADIO_EXAMPLES_CACHE", None)
+    log = open(home / "server.log", "w")
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+               "--model", str(checkpoints["model"]), "--memory", str(checkpoints["memory"]),
+               "--depth", str(checkpoints["depth"]), "--device", "cpu"]
+    process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+    config.add_cleanup(stop)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not _answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"app.py did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+        time.sleep(1)
+    _SERVER["app"] = SimpleNamespace(url=url, home=home, runs=home / "dmdnet_runs", process=process)
+    return _SERVER["app"]
+
+
+@pytest.fixture(scope="module")
+def server(seeded_checkpoints, tmp_path_factory, request) -> SimpleNamespace:
+    return start_app(seeded_checkpoints, tmp_path_factory, request.config)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, verbose=False, download_files=str(server.home / "downloads"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Small valid and invalid inputs, written once."""
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    paths = {name: folder / f"{name}.png" for name in
+             ("rgb", "tiny", "sixteen_bit", "rgba", "gray", "text", "truncated", "empty")}
+    Image.fromarray(rgb).save(paths["rgb"])
+    Image.fromarray(rgb[:1, :1]).save(paths["tiny"])
+    Image.fromarray((rng.random((36, 44)) * 65535).astype(np.uint16)).save(paths["sixteen_bit"])
+    Image.fromarray(np.dstack([rgb[:32, :48], np.full((32, 48), 128, np.uint8)])).save(paths["rgba"])
+    Image.fromarray(rgb[:, :48].mean(axis=2).astype(np.uint8)).save(paths["gray"])
+    paths["text"].write_text("this is not an image\n")
+    paths["truncated"].write_bytes(paths["rgb"].read_bytes()[:300])
+    paths["empty"].write_bytes(b"")
+    paths["huge"] = folder / "huge.png"
+    Image.new("L", (10_000, 5_200)).save(paths["huge"])
+    return paths
+
+
+# ----------------------------------------------------------------------------------------
+# In-process helpers (no server)
+
+
+def test_parser_defaults_leave_host_and_port_to_gradio_environment():
+    args = app.build_parser().parse_args([])
+    assert args.host is None and args.port is None and not args.share  # GRADIO_SERVER_NAME/PORT apply
+    args = app.build_parser().parse_args(["--host", "0.0.0.0", "--port", "7870", "--share",
+                                          "--device", "cpu", "--model", "m.pt", "--max-pixels", "1000"])
+    assert (args.host, args.port, args.share, args.device, args.model, args.max_pixels) == (
+        "0.0.0.0", 7870, True, "cpu", "m.pt", 1000)
+
+
+def test_main_reports_missing_weights_without_traceback(tmp_path, capsys):
+    assert app.main(["--model", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_gpu_seconds_grow_with_image_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024))
+    sizes = [(32, 32), (512, 512), (1024, 1024), (3000, 2000)]
+    seconds = []
+    for width, height in sizes:
+        path = tmp_path / f"{width}.png"
+        Image.new("L", (width, height)).save(path)
+        seconds.append(app.gpu_seconds(str(path)))
+    assert seconds[0] < seconds[1] < seconds[2] == seconds[3]  # capped: big photos run downscaled
+
+
+def test_uploaded_file_refusals(images):
+    with pytest.raises(app.gr.Error, match="No image"):
+        app.uploaded_file(None)
+    with pytest.raises(app.gr.Error, match="not an image"):
+        app.uploaded_file({"path": str(images["text"]), "orig_name": "notes.png"})
+    with pytest.raises(app.gr.Error, match="50 MP"):
+        app.uploaded_file({"path": str(images["huge"]), "orig_name": "huge.png"})
+    assert app.uploaded_file({"path": str(images["rgb"]), "orig_name": "a b.png"})[1] == "a b.png"
+
+
+def test_load_run_accepts_only_run_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "RUNS_DIR", tmp_path / "runs")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "info.json").write_text("{}")
+    for bad in ("../secret", "run-../../secret", "run-" + "0" * 32, "", None, 3):
+        with pytest.raises(app.gr.Error, match="no longer kept"):
+            app.load_run(bad)
+
+
+def test_prune_runs_removes_only_old_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "RUNS_DIR", tmp_path)
+    old, new, other = tmp_path / ("run-" + "a" * 32), tmp_path / ("run-" + "b" * 32), tmp_path / "examples-x"
+    for folder in (old, new, other):
+        folder.mkdir()
+        (folder / "f.png").write_bytes(b"x")
+    os.utime(old, (0, 0))
+    os.utime(other, (0, 0))
+    app.prune_runs()
+    assert not old.exists() and new.exists() and other.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# A real server over HTTP
+
+
+def test_api_has_one_public_endpoint_with_one_required_input(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/separate"]
+    parameters = endpoints["/separate"]["parameters"]
+    assert [p["parameter_has_default"] for p in parameters] == [False]
+    assert len(endpoints["/separate"]["returns"]) == 6
+
+
+def test_separate_returns_full_size_layers_and_figures(client, images, server):
+    transmission, reflection, depth, scan_order, gates, summary = client.predict(
+        handle_file(str(images["rgb"])), api_name="/separate")
+    for path in (transmission, reflection):
+        with Image.open(path) as layer:
+            assert (layer.format, layer.size, layer.mode) == ("PNG", (56, 40), "RGB")
+    for path in (depth, scan_order, gates):
+        with Image.open(path) as figure:
+            assert figure.format == "PNG" and min(figure.size) > 40
+    assert summary["input"] == summary["processed"] == {"width": 56, "height": 40}
+    assert summary["source"] == "rgb.png" and summary["device"] == "cpu" and summary["seconds"] > 0
+    assert len(summary["mecm_gates"]) == 22
+    assert all(len(c) == 4 and sum(v > 0 for v in c) == 2 for c in summary["mecm_gates"].values())
+    assert (server.runs / summary["run"] / "diagnostics.npz").is_file()
+
+
+@pytest.mark.parametrize("name, size", [("tiny", (1, 1)), ("sixteen_bit", (44, 36)),
+                                        ("rgba", (48, 32)), ("gray", (48, 40))])
+def test_odd_but_valid_images_are_separated(client, images, name, size):
+    transmission, reflection, *_ = client.predict(handle_file(str(images[name])), api_name="/separate")
+    for path in (transmission, reflection):
+        with Image.open(path) as layer:
+            assert layer.size == size and layer.mode == "RGB"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("text", "not an image this demo can read"),
+    ("empty", "not an image this demo can read"),
+    ("truncated", "not a readable image"),
+    ("huge", "accepts up to 50 MP"),
+])
+def test_invalid_images_are_refused_with_a_message(client, images, server, name, message):
+    with pytest.raises(AppError, match=message) as refused:
+        client.predict(handle_file(str(images[name])), api_name="/separate")
+    assert "Traceback" not in str(refused.value) and str(server.home) not in str(refused.value)
+    assert _answers(server.url)
+
+
+def test_missing_image_is_refused(client):
+    with pytest.raises(AppError, match="No image yet"):
+        client.predict(None, api_name="/separate")
+
+
+def test_concurrent_requests_all_complete(client, images, server):
+    jobs = [client.submit(handle_file(str(images[name])), api_name="/separate")
+            for name in ("rgb", "gray", "tiny")]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=600), jobs))
+    assert [r[5]["source"] for r in results] == ["rgb.png", "gray.png", "tiny.png"]
+    assert len({r[5]["run"] for r in results}) == 3
+    assert _answers(server.url)
