@@ -41,14 +41,19 @@ def global_order(proximity: torch.Tensor) -> torch.Tensor:
     return torch.sort(flat, dim=1, descending=True, stable=True).indices
 
 
-def _regional_order_2d(p: np.ndarray) -> np.ndarray:
-    """Regional scan order of one (h, w) proximity map as flat pixel indices."""
+def region_ranks(p: np.ndarray) -> np.ndarray:
+    """(h, w) proximity map -> (h, w) int64 visiting rank of each pixel's region (0 = first).
+
+    Regions are the 4-connected components of p >= its median; at most MAX_REGIONS
+    components of at least MIN_REGION_FRACTION of the map count as regions of their
+    own, every other pixel joins one "rest" region (counted by its pixels below the
+    median), and regions are visited by pixel count, largest first.
+    """
     h, w = p.shape
     mask = p >= np.percentile(p, 50)
     labels, _ = ndimage.label(mask)  # 4-connected, numbered in raster order of first pixel
-    labels = labels.ravel()
 
-    counts = np.bincount(labels)  # counts[0] = pixels outside the mask
+    counts = np.bincount(labels.ravel())  # counts[0] = pixels outside the mask
     areas = counts[1:]
     valid = np.flatnonzero(areas >= MIN_REGION_FRACTION * h * w) + 1
     if len(valid) > MAX_REGIONS:
@@ -61,7 +66,12 @@ def _regional_order_2d(p: np.ndarray) -> np.ndarray:
 
     rank_of_label = np.full(len(counts), ordered.index(0), dtype=np.int64)
     rank_of_label[ordered] = np.arange(len(ordered))
-    return np.lexsort((-p.ravel(), rank_of_label[labels]))
+    return rank_of_label[labels]
+
+
+def _regional_order_2d(p: np.ndarray) -> np.ndarray:
+    """Regional scan order of one (h, w) proximity map as flat pixel indices."""
+    return np.lexsort((-p.ravel(), region_ranks(p).ravel()))
 
 
 def regional_order(proximity: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
-from .dascan import MAX_REGIONS, MIN_REGION_FRACTION
+from .dascan import region_ranks
 from .diagnostics import Diagnostics
 
 # Colour ramps as (position, RGB) anchors, interpolated linearly. Each anchor's
@@ -255,27 +254,6 @@ def scan_rank(order: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return rank.reshape(shape)
 
 
-def region_labels(proximity: np.ndarray) -> np.ndarray:
-    """The regions DAScan's regional order visits, as an (h, w) map of visiting rank
-    (0 = visited first); the scan goes near-to-far inside each region.
-
-    Same rule as `dmdnet.dascan.regional_order`: 4-connected components of
-    proximity >= its median; up to `MAX_REGIONS` components of at least
-    `MIN_REGION_FRACTION` of the map are regions of their own, all other pixels form
-    one "rest" region, and regions are visited by pixel count, largest first (the
-    rest counted by its pixels below the median).
-    """
-    p = np.asarray(proximity)
-    components, _ = ndimage.label(p >= np.percentile(p, 50))
-    counts = np.bincount(components.ravel())
-    large = np.flatnonzero(counts[1:] >= MIN_REGION_FRACTION * p.size) + 1
-    kept = large[np.argsort(counts[large])[::-1][:MAX_REGIONS]] if large.size > MAX_REGIONS else large
-    visiting = sorted([*kept.tolist(), 0], key=lambda label: counts[label], reverse=True)
-    rank = np.full(counts.size, visiting.index(0), dtype=np.int64)
-    rank[visiting] = np.arange(len(visiting))
-    return rank[components]
-
-
 def boundaries(labels: np.ndarray) -> np.ndarray:
     """True on pixels whose right or lower 4-neighbour has another label."""
     edges = np.zeros(labels.shape, dtype=bool)
@@ -300,7 +278,7 @@ def _scan_layers(view: ScanView, processed_size: tuple[int, int],
     colours = colormap(rank / max(view.order.size - 1, 1), "order")
     edges = np.zeros(rank.shape, dtype=bool)
     if view.kind == "regional":
-        edges = boundaries(_upscale(region_labels(view.proximity)[:height, :width], factor))
+        edges = boundaries(_upscale(region_ranks(view.proximity)[:height, :width], factor))
     return rank, colours, edges
 
 

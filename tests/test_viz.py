@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dmdnet import viz
+from dmdnet import dascan, viz
 from dmdnet.dascan import global_order, regional_order
 from dmdnet.diagnostics import CallSite, Diagnostics
 
@@ -93,11 +93,11 @@ def test_scan_picture_colours_equal_order_rank():
     assert rank.ravel()[proximity.argmax()] == 0 and rank.ravel()[proximity.argmin()] == rank.size - 1
 
 
-def test_region_labels_match_regional_order():
+def test_region_ranks_match_regional_order():
     for seed in range(4):
         proximity = _blobs(seed=seed)
         view = _view(proximity, regional=True)
-        labels = viz.region_labels(proximity)
+        labels = dascan.region_ranks(proximity)
         visited = labels.ravel()[view.order]
         assert (np.diff(visited) >= 0).all(), "regions must be scanned one after another"
         assert 2 <= labels.max() + 1 <= 6
@@ -121,7 +121,7 @@ def test_regional_scan_picture_draws_boundaries():
     proximity = _blobs()
     view = _view(proximity, regional=True)
     picture = viz.scan_picture(view, proximity.shape, max_side=1)
-    edges = viz.boundaries(viz.region_labels(proximity))
+    edges = viz.boundaries(dascan.region_ranks(proximity))
     assert edges.any()
     assert (picture[edges] == viz.BOUNDARY).all()
     global_picture = viz.scan_picture(_view(proximity, regional=False), proximity.shape, max_side=1)
