@@ -1,17 +1,20 @@
 """A few DMDNet-Lite training steps: the loss falls and the checkpoints load and resume."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import dmdnet
+from conftest import SHARED
 from dmdnet.training import MEMORY_NAME, MODEL_NAME, Trainer, TrainSettings
 
-NATURAL = "../shared/data/natural/bsds500"
+PHOTOS = SHARED / "data" / "natural" / "bsds500" / "val"
 
 
-def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.chdir(dmdnet.pipeline.Path(__file__).resolve().parents[1])
-    settings = TrainSettings(out=tmp_path / "run", data=[f"{NATURAL}/val"], patch=64, batch=2,
+def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
+    if not PHOTOS.is_dir():
+        pytest.skip(f"natural photos not found at {PHOTOS}")
+    settings = TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=64, batch=2,
                              steps=40, lr=1e-3, warmup=1, threads=2)
     trainer = Trainer(settings)
     banks_before = {k: v.clone() for k, v in trainer.model.memory.as_dict().items()}
