@@ -2,11 +2,13 @@
 
     python scripts/benchmark.py [--sizes 256 512] [--rss-size 1024] [--threads N]
 
-Reports, in float32: seconds per image split into depth / DMDNet / scans (the
+Reports, in float32, for the released configuration (random weights: timing does
+not depend on them): seconds per image split into depth / DMDNet / scans (the
 selective scans plus DAScan ordering, inside DMDNet), the counted work in GFLOP,
 the machine's float32 matmul rate measured in the same run and the resulting
-matmul floor, peak RSS of a separate process at --rss-size, and the exact scan
-op against its sequential oracle. Weights are random: timing does not depend on them.
+matmul floor, and peak RSS of a separate process at --rss-size. Then the time of
+a 512x512 photo with the default weights (`dmdnet.load_pipeline()`), and the
+exact scan op against its sequential oracle.
 """
 from __future__ import annotations
 
@@ -105,6 +107,19 @@ def peak_rss_child(size: int) -> dict:
     return {"size": size, "peak_rss_gib": rss_gib, "seconds": seconds}
 
 
+def default_weights_512(repeats: int) -> dict:
+    """Seconds for one 512x512 photo with `dmdnet.load_pipeline()`'s default weights."""
+    import dmdnet
+
+    pipe = dmdnet.load_pipeline(device="cpu")
+    image = torch.rand(1, 3, 512, 512)
+    pipe.separate(image)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        pipe.separate(image)
+    return {"weights": pipe.weights.label, "seconds": (time.perf_counter() - start) / repeats}
+
+
 def scan_vs_oracle(length: int = 4096, channels: int = 96, state: int = 16) -> dict:
     torch.manual_seed(0)
     u, delta = torch.randn(1, channels, length), torch.randn(1, channels, length)
@@ -144,6 +159,7 @@ def main() -> None:
               "scan_vs_oracle": scan_vs_oracle()}
     if args.rss_size:
         report["rss"] = peak_rss_child(args.rss_size)
+    report["default_512"] = default_weights_512(args.repeats)
 
     print(f"threads {args.threads}, float32 matmul {rate:.1f} GFLOP/s")
     print(f"work at 256x256: {gflop:.1f} GFLOP counted -> matmul floor {floor:.2f} s")
@@ -155,6 +171,8 @@ def main() -> None:
     if "rss" in report:
         print(f"{args.rss_size}x{args.rss_size}: peak RSS {report['rss']['peak_rss_gib']:.2f} GiB, "
               f"{report['rss']['seconds']:.1f} s (fresh process, load included in RSS)")
+    default = report["default_512"]
+    print(f"default weights ({default['weights']}): 512x512 in {default['seconds']:.2f} s")
     oracle = report["scan_vs_oracle"]
     print(f"scan op, L={oracle['length']} D={oracle['channels']} float64: chunked {oracle['chunked_s']:.3f} s, "
           f"sequential oracle {oracle['reference_s']:.3f} s, relative error {oracle['relative_error_float64']:.1e}")
