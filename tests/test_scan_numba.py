@@ -18,34 +18,9 @@ from dmdnet.ops.scan import (  # noqa: E402
     selective_scan_reference,
 )
 from dmdnet.ops.scan_numba import SelectiveScanNumba, selective_scan_numba  # noqa: E402
+from test_scan import make_inputs  # noqa: E402
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-
-
-def make_inputs(
-    batch: int = 2,
-    channels: int = 4,
-    n_state: int = 3,
-    length: int = 17,
-    groups: int = 2,
-    dtype: torch.dtype = torch.float64,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Random problem with Mamba-like A < 0, as keyword arguments of the scan functions."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
-
-    return {
-        "u": randn(batch, channels, length),
-        "delta": randn(batch, channels, length),
-        "A": -torch.rand(channels, n_state, generator=generator, dtype=torch.float64).mul(3).add(0.1).to(dtype),
-        "B": randn(batch, groups, n_state, length),
-        "C": randn(batch, groups, n_state, length),
-        "D": randn(channels),
-        "delta_bias": randn(channels) * 0.5,
-    }
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
