@@ -40,7 +40,7 @@ from PIL import Image
 import dmdnet
 from dmdnet import viz
 from dmdnet.cli import add_weight_options
-from dmdnet.images import save_png, to_uint8
+from dmdnet.images import image_files, save_png, to_uint8
 from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -394,7 +394,7 @@ CSS = """
 
 def example_files() -> list[str]:
     """The bundled example photos, sorted by name."""
-    return sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    return [str(p) for p in image_files(EXAMPLES_DIR)]
 
 
 def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:

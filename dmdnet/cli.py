@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from .images import image_files
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -14,7 +14,7 @@ def collect_images(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += image_files(path)
         else:
             found.append(path)
     return found

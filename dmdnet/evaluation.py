@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.ndimage import uniform_filter
 
-from .cli import IMAGE_SUFFIXES
-from .images import to_tensor
+from .images import image_files, to_tensor
 
 SSIM_WINDOW = 7
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
@@ -30,6 +30,13 @@ def psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
     """PSNR in dB of two images on a 0-255 scale (MSE over every value)."""
     mse = float(np.mean((estimate.astype(np.float64) - truth.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def batch_psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of a batch of (N, 3, H, W) tensors in [0, 1]; the trainer's
+    quick validation score (prediction clamped to [0, 1])."""
+    mse = (prediction.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
 
 
 def ssim(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -83,7 +90,7 @@ def dataset_pairs(folder: Path) -> list[PairFiles]:
         path = folder / sub
         if not path.is_dir():
             return {}
-        return {p.stem: p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        return {p.stem: p for p in image_files(path)}
     blended = by_stem("blended")
     if not blended:
         raise ValueError(f"{folder} has no blended/ images")

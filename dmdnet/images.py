@@ -15,12 +15,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
 MAX_FILE_PIXELS = 200_000_000
 """Refuse to decode larger images (decompression bombs); the pipeline downsizes big photos anyway."""
 
 
 class InvalidImageError(ValueError):
     """The input is not an image we can separate; the message says why."""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files directly inside `folder` (by suffix), sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -10,7 +10,6 @@ for the additive model), so that T + R reproduces the photo.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +18,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+from .images import image_files
+
 KERNEL_SIZES = (5, 7, 9, 11)
 KERNEL_PROBABILITIES = (0.1, 0.2, 0.3, 0.4)
 
 
 def list_images(folders: list[str | Path]) -> list[Path]:
     """Image files directly inside each folder, sorted."""
-    files = []
-    for folder in folders:
-        files += sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return files
+    return [path for folder in folders for path in image_files(folder)]
 
 
 def load_images(files: list[Path]) -> list[torch.Tensor]:
@@ -143,9 +140,3 @@ def validation_pairs(files: list[Path], size: int, count: int, seed: int = 1234
         r0 = crop(images[(2 * k + 1) % len(images)])
         triples.append(synthesize(t0, r0, rng))
     return tuple(torch.stack(part) for part in zip(*triples))
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean PSNR (dB) over a batch of images in [0, 1]."""
-    mse = (prediction.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())

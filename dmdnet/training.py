@@ -23,7 +23,8 @@ from .depth import MidasDPT
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
 from .proximity import ProximityEstimator
-from .synthesis import PairSampler, list_images, psnr, validation_pairs
+from .evaluation import batch_psnr
+from .synthesis import PairSampler, list_images, validation_pairs
 
 PRESETS = {"lite": DMDNetConfig.lite, "released": DMDNetConfig.released}
 MODEL_NAME, MEMORY_NAME, STATE_NAME = "model_latest.pt", "memory_banks_latest.pt", "training_state.pt"
@@ -57,7 +58,7 @@ def build_models(preset: str, depth: Path | None) -> tuple[DMDNet, nn.Module, bo
     """(network, depth model, whether the depth model trains)."""
     config = PRESETS[preset]()
     model = DMDNet(config)
-    if config.transmission_skip:
+    if preset == "lite":
         return model, ProximityEstimator(config.depth_feature_channels), True
     if depth is None:
         raise ValueError("the released preset trains with MiDaS frozen: pass --depth dpt_next_vit_large_384.pt")
@@ -84,7 +85,7 @@ def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, .
         image = image.to(device)
         outputs.append(model(image, depth_model(image))[0].cpu())
     prediction = torch.cat(outputs)
-    return {"psnr_t": psnr(prediction, t_targets), "psnr_identity": psnr(inputs, t_targets)}
+    return {"psnr_t": batch_psnr(prediction, t_targets), "psnr_identity": batch_psnr(inputs, t_targets)}
 
 
 class Trainer:
