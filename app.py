@@ -286,10 +286,14 @@ def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
 
 
 def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
-    """The scan-order map and animation of the chosen level, stream and block."""
+    """The scan-order map and animation of the chosen level, stream and block.
+
+    A level without DSMamba blocks (level 1 of DMDNet-Lite) moves the slider to the nearest
+    level that has them."""
     if not run_id:
         return gr.skip()
     run = load_run(run_id)
+    level = min({v.level for v in run.scans}, key=lambda scanned: (abs(scanned - level), scanned))
     views = sorted((v for v in run.scans if v.level == level and v.stream == stream),
                    key=lambda v: (v.branch != "main", v.branch, v.block))
     view = next((v for v in views if _site(v) == site), views[0])
@@ -299,7 +303,7 @@ def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
         viz.save_gif(viz.scan_animation(view, run.processed_size), partial)
         partial.replace(animation)
     choices = [(_site_label(v), _site(v)) for v in views]
-    return (gr.update(choices=choices, value=_site(view)),
+    return (gr.update(value=level), gr.update(choices=choices, value=_site(view)),
             viz.scan_figure(view, run.processed_size), str(animation))
 
 
@@ -308,8 +312,9 @@ def show_experts(run_id: str | None, call: int | None) -> tuple:
     if not run_id:
         return gr.skip()
     run = load_run(run_id)
-    if not (isinstance(call, int) and 0 <= call < len(run.experts)):  # first view: full-resolution T
-        call = next((i for i, v in enumerate(run.experts) if (v.level, v.branch, v.stream) == (1, "main", "T")), 0)
+    if not (isinstance(call, int) and 0 <= call < len(run.experts)):  # first view: the finest main-branch T
+        call = min(range(len(run.experts)), key=lambda i: (
+            (run.experts[i].branch, run.experts[i].stream) != ("main", "T"), run.experts[i].level))
     choices = [(view.label, index) for index, view in enumerate(run.experts)]
     return (gr.update(choices=choices, value=call),
             viz.expert_figure(run.experts[call], run.processed_size))
@@ -465,7 +470,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
             gr.Markdown(CITATION)
 
         run_outputs = [t_file, r_file, depth, overview, gates, details]
-        views = [run_state, slider_t, slider_r, remix, summary, site, scan, animation, call, experts]
+        views = [run_state, slider_t, slider_r, remix, summary, level, site, scan, animation, call, experts]
         private = {"api_visibility": "private", "show_progress": "hidden"}
         run = run_button.click(separate, [image], run_outputs, api_name="separate", preprocess=False,
                                api_description="Separate a photo into transmission and reflection layers.")
@@ -477,7 +482,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
             finished.success(show_run, [details, alpha, level, stream, site, call], views, **private)
         alpha.input(show_remix, [run_state, alpha], remix, trigger_mode="always_last", **private)
         for selector in (level, stream, site):
-            selector.input(show_scan, [run_state, level, stream, site], [site, scan, animation],
+            selector.input(show_scan, [run_state, level, stream, site], [level, site, scan, animation],
                            trigger_mode="always_last", **private)
         call.input(show_experts, [run_state, call], [call, experts], **private)
     return demo

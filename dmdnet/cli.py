@@ -96,7 +96,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
         validation=Path(args.validation) if args.validation else None, preset=args.preset,
-        depth=Path(args.depth) if args.depth else None, patch=args.patch, batch=args.batch,
+        depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
+        patch=args.patch, batch=args.batch,
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of photos for fixed synthetic validation pairs")
     train.add_argument("--preset", choices=["lite", "released"], default="lite")
     train.add_argument("--depth", help="MiDaS file, for the released preset")
+    train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "
+                                      "it); tensors whose names and shapes match are copied")
     train.add_argument("--patch", type=int, default=128, help="training crop size (multiple of 32)")
     train.add_argument("--batch", type=int, default=4)
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")

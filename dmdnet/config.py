@@ -16,7 +16,8 @@ class DMDNetConfig:
     encoder_blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
     """MuGI blocks of each encoder stage (levels 1-4, before downsampling)."""
     dm_blocks: tuple[int, int, int, int, int] = (1, 2, 2, 4, 4)
-    """DM blocks of each level's main stack; the last block of a stack carries MECM."""
+    """DM blocks of each level's main stack; the last block of a stack carries MECM. A level with
+    0 blocks has no DSMamba/MECM there (and no memory banks): its features pass straight on."""
     decoder_blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
     """MuGI blocks after upsampling into levels 1-4."""
     final_blocks: int = 1
@@ -39,8 +40,11 @@ class DMDNetConfig:
     @classmethod
     def lite(cls) -> "DMDNetConfig":
         """DMDNet-Lite: every part of the method (DAScan, DS-SSM, MECM, the depth-semantic
-        branch) at widths a 2-core CPU can train, paired with `ProximityEstimator`."""
-        return cls(dims=(16, 24, 32, 48, 64), encoder_blocks=(1, 1, 1, 1), dm_blocks=(1, 1, 1, 1, 1),
+        branch) at widths a 2-core CPU can train, paired with `ProximityEstimator`.
+
+        Its DM blocks run on levels 2-5 only: the full-resolution scans of a level-1 block
+        took 60% of the time of a 512x512 photo. Level 1 keeps its MuGI blocks."""
+        return cls(dims=(16, 24, 32, 48, 64), encoder_blocks=(1, 1, 1, 1), dm_blocks=(0, 1, 1, 1, 1),
                    decoder_blocks=(1, 1, 1, 1), final_blocks=1, depth_feature_channels=(16, 24, 32),
                    transmission_skip=True)
 

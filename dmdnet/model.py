@@ -28,10 +28,12 @@ class DepthInputs(Protocol):
 
 
 def memory_bank_names(config: DMDNetConfig) -> dict[str, int]:
-    """Official bank names ("memory_level5_T", "memory_DS5_T1", ...) -> their channel width."""
+    """Official bank names ("memory_level5_T", "memory_DS5_T1", ...) -> their channel width.
+
+    A level without DM blocks has no MECM, so no `memory_level{n}` banks."""
     names = {}
     for level in range(1, 6):
-        for stream in "TR":
+        for stream in "TR" if config.dm_blocks[level - 1] else "":
             names[f"memory_level{level}_{stream}"] = config.dims[level - 1]
     for level in DEPTH_BRANCH_LEVELS:
         for stream in "TR":
@@ -188,8 +190,10 @@ class DMDNet(nn.Module):
                     x_t, x_r = decoded[0] + a_t + b_t, decoded[1] + a_r + b_r
             else:
                 x_t, x_r = decoded[0] + enc_t, decoded[1] + enc_r
-            banks = self._bank_pair(f"memory_level{level}_T", f"memory_level{level}_R")
-            x_t, x_r = self.dm_stacks[level - 1](x_t, x_r, guide, banks, CallSite(level), observer)
+            stack = self.dm_stacks[level - 1]
+            if len(stack):
+                banks = self._bank_pair(f"memory_level{level}_T", f"memory_level{level}_R")
+                x_t, x_r = stack(x_t, x_r, guide, banks, CallSite(level), observer)
             if level > 1:
                 decoded = self.decoder_mugi[level - 2](self._upsample_proj(x_t, level),
                                                        self._upsample_proj(x_r, level))

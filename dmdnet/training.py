@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoints import (load_dmdnet_weights, load_memory_banks, load_midas_weights, read_checkpoint,
-                          save_dmdnet_checkpoint)
+                          save_dmdnet_checkpoint, warm_start)
 from .config import DMDNetConfig
 from .depth import MidasDPT
 from .losses import LossWeights, TrainingObserver, separation_loss
@@ -37,6 +37,8 @@ class TrainSettings:
     validation: Path | None = None
     preset: str = "lite"
     depth: Path | None = None
+    init: Path | None = None
+    """A model file (memory banks beside it) to start from when `out` holds no run yet."""
     patch: int = 128
     batch: int = 4
     steps: int = 20000
@@ -104,6 +106,8 @@ class Trainer:
         self.out = Path(settings.out)
         if (self.out / MODEL_NAME).is_file():
             self._resume()
+        elif settings.init:
+            self._warm_start(Path(settings.init))
         self.model.to(self.device)
         self.depth_model.to(self.device)
         self._train_mode()
@@ -124,6 +128,12 @@ class Trainer:
         state = read_checkpoint(self.out / STATE_NAME, "training state")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(extra.get("iterations", 0))
+
+    def _warm_start(self, model_path: Path) -> None:
+        skipped = warm_start(self.model, self.depth_model if self.trains_depth else None,
+                             model_path, model_path.with_name(MEMORY_NAME))
+        tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
+                   + "".join(f"\n  {name}" for name in skipped))
 
     def save(self) -> None:
         extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict()}

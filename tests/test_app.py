@@ -168,6 +168,22 @@ def test_prune_runs_removes_only_old_runs(tmp_path, monkeypatch):
     assert not old.exists() and new.exists() and other.exists()
 
 
+def test_views_of_a_lite_run_skip_the_level_without_dsmamba(lite_checkpoints, images, tmp_path, monkeypatch):
+    """DMDNet-Lite has no DSMamba at level 1: asking for it shows level 2, never an error."""
+    pipe = app.dmdnet.load_pipeline(**{k: str(v) for k, v in lite_checkpoints.items()}, device="cpu")
+    monkeypatch.setattr(app, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(app, "PIPELINE", pipe)
+    run = app.save_run(pipe.separate(images["rgb"], diagnostics=True), "rgb.png", 0.1)
+    run_id = run.folder.name
+    assert {view.level for view in run.scans} == {2, 3, 4, 5}
+    level, site, figure, animation = app.show_scan(run_id, 1, "T", "main:0")
+    assert level["value"] == 2 and site["value"] == "main:0"
+    assert figure.size[0] > 0 and Path(animation).is_file()
+    call, _ = app.show_experts(run_id, None)
+    chosen = run.experts[call["value"]]
+    assert (chosen.level, chosen.branch, chosen.stream) == (2, "main", "T")
+
+
 # ----------------------------------------------------------------------------------------
 # A real server over HTTP
 

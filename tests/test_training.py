@@ -37,3 +37,32 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
     assert resumed.step == 12
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_warm_start_copies_matching_tensors_and_reports_the_rest(lite_checkpoints, tmp_path):
+    """`--init`: a Lite with an extra level-1 DM block starts from Lite weights."""
+    import dataclasses
+
+    from dmdnet.checkpoints import read_checkpoint, warm_start
+    from dmdnet.model import DMDNet
+    from dmdnet.proximity import ProximityEstimator
+
+    source = dmdnet.load_pipeline(**{k: str(v) for k, v in lite_checkpoints.items()}, device="cpu")
+    config = dataclasses.replace(source.model.config, dm_blocks=(1, 1, 1, 1, 1))
+    model, estimator = DMDNet(config), ProximityEstimator(config.depth_feature_channels)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    skipped = warm_start(model, estimator, lite_checkpoints["model"], lite_checkpoints["memory"])
+
+    source_state = source.model.state_dict()
+    for name, value in model.state_dict().items():
+        if name.startswith("dm_stacks.0."):
+            assert torch.equal(value, fresh[name]), name
+            assert f"{name} (not in the file)" in skipped
+        else:
+            assert torch.equal(value, source_state[name]), name
+    for name in ("memory_level1_T", "memory_level1_R"):
+        assert f"{name} (not in the file)" in skipped
+    assert torch.equal(model.memory.get("memory_level2_T"), source.model.memory.get("memory_level2_T"))
+    saved = read_checkpoint(lite_checkpoints["model"], "model")["proximity_estimator"]
+    assert all(torch.equal(v, saved[k]) for k, v in estimator.state_dict().items())
+    assert len(skipped) == sum(k.startswith("dm_stacks.0.") for k in fresh) + 2
