@@ -7,6 +7,7 @@ the SSM itself by blending its own B/C projections into the input's (DS-SSM).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,34 +26,25 @@ def positional_encoding(height: int, width: int, channels: int) -> torch.Tensor:
     """(channels, height*width) sine-cosine code of pixel coordinates, as released.
 
     The released code builds [sin(x f), cos(x f), sin(y f), cos(y f)] and cuts it
-    to `channels` entries, so for even widths only the x terms survive. It is
-    computed in float32, like the reference.
+    to `channels` entries, so for even widths only the x terms survive (and only
+    the terms that survive are computed). It is computed in float32, like the reference.
     """
     half = channels // 2
     freq = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float32) / half))
     ys = torch.arange(height, dtype=torch.float32) / (height - 1)
     xs = torch.arange(width, dtype=torch.float32) / (width - 1)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    pos_x = grid_x.reshape(-1, 1) * freq
-    pos_y = grid_y.reshape(-1, 1) * freq
-    code = torch.cat([pos_x.sin(), pos_x.cos(), pos_y.sin(), pos_y.cos()], dim=1)
-    if code.shape[1] >= channels:
-        code = code[:, :channels]
-    else:
-        code = F.pad(code, (0, channels - code.shape[1]))
-    return code.t()
-
-
-def _both_directions(order: torch.Tensor) -> torch.Tensor:
-    """(B, L) order -> (B, 2, L): forward and reversed."""
-    return torch.stack([order, order.flip(-1)], dim=1)
+    terms = (fn(freq[:, None] * grid.reshape(1, -1)) for grid in (grid_x, grid_y) for fn in (torch.sin, torch.cos))
+    code = torch.cat(list(itertools.islice(terms, math.ceil(channels / half) if half else 0))
+                     or [torch.zeros(0, height * width)])
+    return F.pad(code[:channels], (0, 0, 0, max(0, channels - code.shape[0])))
 
 
 def _gather_sequence(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values (B, K or 1, D, L) in spatial order, index (B, K, L) -> (B, K, D, L) in scan order."""
-    batch, directions, length = index.shape
-    values = values.expand(batch, directions, values.shape[2], length)
-    return torch.gather(values, 3, index[:, :, None, :].expand(-1, -1, values.shape[2], -1))
+    """values (B or 1, D, L) in spatial order, index (B, L) -> (B, D, L) in scan order."""
+    batch, length = index.shape
+    values = values.expand(batch, values.shape[1], length)
+    return torch.gather(values, 2, index[:, None, :].expand(-1, values.shape[1], -1))
 
 
 class DSMamba(nn.Module):
@@ -101,8 +93,8 @@ class DSMamba(nn.Module):
         batch, c, h, w = x_t.shape
         depth_feat = lrelu(self.depth_encoder(proximity)).reshape(batch, c, h * w)
         depth_bc = torch.einsum("bdl,kcd->bkcl", depth_feat, self.depth_proj_weight)
-        depth_weight = torch.sigmoid(lrelu(self.depth_gate(proximity))).reshape(batch, 1, -1, h * w)
-        position = positional_encoding(h, w, c).to(x_t)[None, None]
+        depth_weight = torch.sigmoid(lrelu(self.depth_gate(proximity))).reshape(batch, -1, h * w)
+        position = positional_encoding(h, w, c).to(x_t)
         shared = (proximity, depth_bc, depth_weight, position)
         out_t = self._stream(x_t, *shared, self.a_log_transmission, self.skip_transmission,
                              regional=True, report=(site, block, "T", observer))
@@ -115,37 +107,42 @@ class DSMamba(nn.Module):
                 skip: torch.Tensor, regional: bool, report: tuple) -> torch.Tensor:
         batch, c, h, w = x.shape
         length = h * w
-        n, r = self.d_state, self.dt_rank
-        xz = F.conv2d(x, self.in_proj.weight[:, :, None, None])
-        x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.dwconv(x))
+        tokens, order = self._tokens_in_scan_order(x, proximity, position, regional, report)
+        decay = -torch.exp(a_log.float()).to(x.dtype)
+        unscanned = x.new_zeros(batch, c, length)
+        for k, index in enumerate((order, order.flip(-1))):  # one direction at a time bounds memory
+            channels = slice(k * c, (k + 1) * c)
+            y = self._scan(k, index, tokens, depth_bc, depth_weight, decay[channels], skip[channels])
+            unscanned.scatter_add_(2, index[:, None, :].expand_as(y), y)
+        y = unscanned.transpose(1, 2)
+        y = F.layer_norm(y, (c,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
+        z = F.conv2d(x, self.in_proj.weight[c:, :, None, None])  # the gate half of in_proj, made late
+        y = y * F.silu(z.reshape(batch, c, length).transpose(1, 2))
+        return self.out_proj(y).transpose(1, 2).reshape(batch, c, h, w)
 
+    def _scan(self, k: int, index: torch.Tensor, tokens: torch.Tensor, depth_bc: torch.Tensor,
+              depth_weight: torch.Tensor, decay: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The selective scan of direction `k` along `index`; (B, C, L) in scan order."""
+        n, r = self.d_state, self.dt_rank
+        u = _gather_sequence(tokens, index)
+        dt, b_in, c_in = torch.einsum("bdl,cd->bcl", u, self.x_proj_weight[k]).split([r, n, n], dim=1)
+        b_depth, c_depth = _gather_sequence(depth_bc[:, k], index).split([n, n], dim=1)
+        weight = _gather_sequence(depth_weight, index)
+        b_mix = (1 - weight) * b_in + weight * b_depth
+        c_mix = (1 - weight) * c_in + weight * c_depth
+        delta = torch.einsum("brl,dr->bdl", dt, self.dt_proj_weight[k])
+        return selective_scan(u, delta, decay, b_mix[:, None], c_mix[:, None], skip,
+                              delta_bias=self.dt_proj_bias[k], delta_softplus=True)
+
+    def _tokens_in_scan_order(self, x: torch.Tensor, proximity: torch.Tensor, position: torch.Tensor,
+                              regional: bool, report: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scanned features (B, C, L) with their positional code, and the stream's DAScan order."""
+        batch, c, h, w = x.shape
+        x = F.silu(self.dwconv(F.conv2d(x, self.in_proj.weight[:c, :, None, None])))
         stream_proximity = torch.sigmoid(lrelu(self.proximity_fuse(torch.cat([x, proximity], dim=1))))
         order = regional_order(stream_proximity) if regional else global_order(stream_proximity)
         site, block, stream, observer = report
         if observer is not None:
             observer.add_scan(site, block, stream, "regional" if regional else "global",
-                                 stream_proximity, order)
-
-        index = _both_directions(order)
-        u = _gather_sequence(x.reshape(batch, 1, c, length), index)
-        u = u + _gather_sequence(position, index)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", u, self.x_proj_weight)
-        dt, b_in, c_in = x_dbl.split([r, n, n], dim=2)
-        b_depth, c_depth = _gather_sequence(depth_bc, index).split([n, n], dim=2)
-        weight = _gather_sequence(depth_weight, index)
-        b_mix = (1 - weight) * b_in + weight * b_depth
-        c_mix = (1 - weight) * c_in + weight * c_depth
-        delta = torch.einsum("bkrl,kdr->bkdl", dt, self.dt_proj_weight)
-
-        y = selective_scan(
-            u.reshape(batch, -1, length), delta.reshape(batch, -1, length),
-            -torch.exp(a_log.float()).to(u.dtype), b_mix, c_mix, skip,
-            delta_bias=self.dt_proj_bias.reshape(-1), delta_softplus=True,
-        ).reshape(batch, NUM_DIRECTIONS, c, length)
-
-        unscanned = torch.zeros_like(y).scatter(3, index[:, :, None, :].expand_as(y), y)
-        y = (unscanned[:, 0] + unscanned[:, 1]).transpose(1, 2)
-        y = F.layer_norm(y, (c,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
-        y = y * F.silu(z.reshape(batch, c, length).transpose(1, 2))
-        return self.out_proj(y).transpose(1, 2).reshape(batch, c, h, w)
+                              stream_proximity, order)
+        return x.reshape(batch, c, h * w) + position, order

@@ -46,7 +46,15 @@ class ChannelAttention(nn.Module):
 
 
 class GatedFeedForward(nn.Module):
-    """EFFN: gated depthwise feed-forward, gelu(a) * b, without biases."""
+    """EFFN: gated depthwise feed-forward, gelu(a) * b, without biases.
+
+    Its hidden map is 5x wider than its input, so a large map goes through in bands of
+    rows (each with a one-row halo for the 3x3 conv): memory stays bounded, the result
+    is the same.
+    """
+
+    band_elements = 2 ** 25
+    """Largest hidden map (elements) computed in one piece."""
 
     def __init__(self, channels: int, expansion: float):
         super().__init__()
@@ -56,5 +64,19 @@ class GatedFeedForward(nn.Module):
         self.project = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dwconv(self.expand(x)).chunk(2, dim=1)
+        height, width = x.shape[-2:]
+        rows = max(1, self.band_elements // (x.shape[0] * self.dwconv.in_channels * width))
+        if rows >= height:
+            return self._band(x, 0, 0)
+        out = x.new_empty(x.shape)
+        for top in range(0, height, rows):
+            bottom = min(top + rows, height)
+            above, below = min(top, 1), min(height - bottom, 1)
+            out[..., top:bottom, :] = self._band(x[..., top - above:bottom + below, :], above, below)
+        return out
+
+    def _band(self, x: torch.Tensor, above: int, below: int) -> torch.Tensor:
+        """Output rows of `x` without its first `above` and last `below` rows (the halo)."""
+        hidden = F.pad(self.expand(x), (0, 0, 1 - above, 1 - below))
+        a, b = F.conv2d(hidden, self.dwconv.weight, padding=(0, 1), groups=self.dwconv.groups).chunk(2, dim=1)
         return self.project(F.gelu(a) * b)

@@ -159,6 +159,18 @@ class DMDNet(nn.Module):
             parts.append(stack(semantic, features, proximity, banks, site, observer))
         return parts[0], parts[1]
 
+    def _level_input(self, level: int, encoded: Streams, decoded: Streams | None,
+                     semantic: torch.Tensor | None, proximity: torch.Tensor,
+                     observer: ForwardObserver | None) -> Streams:
+        """What the DM stack of `level` starts from: the upsampled coarser result plus the
+        encoder's features, or, at levels 3-5, plus the depth-semantic branch's outputs."""
+        if level not in DEPTH_BRANCH_LEVELS:
+            return decoded[0] + encoded[0], decoded[1] + encoded[1]
+        (a_t, b_t), (a_r, b_r) = self._depth_branch(level, semantic, encoded, proximity, observer)
+        if decoded is None:
+            return a_t + b_t, a_r + b_r
+        return decoded[0] + a_t + b_t, decoded[1] + a_r + b_r
+
     def forward(self, image: torch.Tensor, depth: DepthInputs,
                 observer: ForwardObserver | None = None) -> Streams:
         """image: (B, 3, H, W) with H, W multiples of `config.pad_multiple`. Returns (T, R)."""
@@ -176,20 +188,13 @@ class DMDNet(nn.Module):
 
         decoded: Streams | None = None
         guide = None
-        for level in range(5, 0, -1):
-            own_proximity = proximity[level - 1]
+        for level in range(5, 0, -1):  # popping each level's inputs frees them once used
+            own_proximity = proximity.pop()
             guide = own_proximity if guide is None else (
                 self._upsample_proj(guide, level + 1) + own_proximity)
-            enc_t, enc_r = encoded[level - 1]
-            if level in DEPTH_BRANCH_LEVELS:
-                (a_t, b_t), (a_r, b_r) = self._depth_branch(
-                    level, semantic[level], (enc_t, enc_r), own_proximity, observer)
-                if decoded is None:
-                    x_t, x_r = a_t + b_t, a_r + b_r
-                else:
-                    x_t, x_r = decoded[0] + a_t + b_t, decoded[1] + a_r + b_r
-            else:
-                x_t, x_r = decoded[0] + enc_t, decoded[1] + enc_r
+            x_t, x_r = self._level_input(level, encoded.pop(), decoded, semantic.pop(level, None),
+                                         own_proximity, observer)
+            decoded = None  # summed into x_t, x_r: free it before the level's blocks
             stack = self.dm_stacks[level - 1]
             if len(stack):
                 banks = self._bank_pair(f"memory_level{level}_T", f"memory_level{level}_R")
