@@ -4,7 +4,7 @@
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
 
 A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
-writes its layers, figures and diagnostics to a run folder; the session keeps the run's
+writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
 id in `gr.State`, so the level/stream/expert views are redrawn from the saved
 diagnostics without running the network again. A lazily cached example carries the same
 id in its cached summary, so it behaves like a fresh run.
@@ -19,17 +19,13 @@ except ImportError:
 import argparse
 import functools
 import hashlib
-import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import threading
 import time
-import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -40,16 +36,14 @@ from PIL import Image
 import dmdnet
 from dmdnet import viz
 from dmdnet.cli import add_weight_options
-from dmdnet.images import image_files, save_png, to_uint8
+from dmdnet.images import image_files
 from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device
+from dmdnet.runs import Run, RunNotFound, RunStore
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-RUNS_DIR = Path(tempfile.gettempdir()) / "dmdnet_runs"
-RUN_LIFETIME_S = 24 * 3600
-RUN_ID = re.compile(r"run-[0-9a-f]{32}")
+RUNS = RunStore(Path(tempfile.gettempdir()) / "dmdnet_runs")
 CPU_MAX_PIXELS = 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
-PREVIEW_SIDE = 1280
 QUEUE_SIZE = 16
 PAPER_URL = "https://arxiv.org/abs/2601.00322"
 CODE_URL = "https://github.com/fashyon/DMDNet"
@@ -129,7 +123,7 @@ def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple
         result = run_network(str(path))
         seconds = time.perf_counter() - started
         progress(0.9, desc="Drawing the figures")
-        run = save_run(result, name, seconds)
+        run = RUNS.save(result, name, seconds, weights=PIPELINE.weights.label, device=str(PIPELINE.device))
     except dmdnet.InvalidImageError as error:
         raise refuse(str(error).replace(str(path), name), "Unreadable image") from None
     except Exception as error:
@@ -141,114 +135,13 @@ def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple
             run.file("scan_order"), run.file("gates"), run.summary)
 
 
-# ----------------------------------------------------------------------------------------
-# Run folders: what a session's state points to
-
-
-@dataclass
-class Run:
-    """One saved separation: its folder, summary and diagnostics."""
-
-    folder: Path
-    info: dict
-    scans: list[viz.ScanView]
-    experts: list[viz.ExpertView]
-
-    def file(self, key: str) -> str:
-        return str(self.folder / self.info["files"][key])
-
-    @property
-    def summary(self) -> dict:
-        """What the API reports about the run (everything but the file table)."""
-        return {key: value for key, value in self.info.items() if key != "files"}
-
-    @property
-    def processed_size(self) -> tuple[int, int]:
-        return self.info["processed"]["height"], self.info["processed"]["width"]
-
-    @functools.cached_property
-    def layers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Transmission and reflection previews as float arrays in [0, 1], for the remix."""
-        def read(key: str) -> np.ndarray:
-            with Image.open(self.file(key)) as image:
-                return np.asarray(image.convert("RGB"), np.float32) / 255
-        return read("transmission_preview"), read("reflection_preview")
-
-
-def _preview(tensor: torch.Tensor) -> Image.Image:
-    image = Image.fromarray(to_uint8(tensor))
-    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    return image
-
-
-def prune_runs(now: float | None = None) -> None:
-    """Deletes run folders nobody has looked at for `RUN_LIFETIME_S`."""
-    now = time.time() if now is None else now
-    for folder in RUNS_DIR.glob("run-*"):
-        try:
-            if now - folder.stat().st_mtime > RUN_LIFETIME_S:
-                for item in folder.iterdir():
-                    item.unlink()
-                folder.rmdir()
-        except OSError:
-            continue
-
-
-def save_run(result: dmdnet.SeparationResult, name: str, seconds: float) -> Run:
-    """Writes the layers (full resolution), previews, figures and diagnostics of one run."""
-    prune_runs()
-    run_id = f"run-{uuid.uuid4().hex}"
-    folder = RUNS_DIR / run_id
-    folder.mkdir(parents=True)
-    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem)[:60] or "image"
-    files = {"transmission": f"{stem}_transmission.png", "reflection": f"{stem}_reflection.png",
-             "input_preview": "input_preview.png", "transmission_preview": "transmission_preview.png",
-             "reflection_preview": "reflection_preview.png", "depth": f"{stem}_depth.png",
-             "scan_order": f"{stem}_scan_order.png", "gates": f"{stem}_mecm_gates.png",
-             "diagnostics": "diagnostics.npz"}
-    save_png(result.transmission, folder / files["transmission"])
-    save_png(result.reflection, folder / files["reflection"])
-    for key, tensor in (("input", result.image), ("transmission", result.transmission),
-                        ("reflection", result.reflection)):
-        _preview(tensor).save(folder / files[f"{key}_preview"])
-    scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
-    np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
-    viz.depth_figure(result.depth[0, 0].float().numpy()).save(folder / files["depth"])
-    viz.scan_overview(scans, result.processed_size).save(folder / files["scan_order"])
-    viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
-                     [e.label for e in experts]).save(folder / files["gates"])
-    height, width = result.image.shape[-2:]
-    info = {
-        "source": name,
-        "input": {"width": width, "height": height},
-        "processed": {"width": result.processed_size[1], "height": result.processed_size[0]},
-        "seconds": round(seconds, 2),
-        "weights": PIPELINE.weights.label,
-        "device": str(PIPELINE.device),
-        "mecm_gates": {e.label: [round(float(c), 4) for c in e.coefficients] for e in experts},
-        "run": run_id,
-        "files": files,
-    }
-    (folder / "info.json").write_text(json.dumps(info, indent=1))
-    return load_run(run_id)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_run(folder: Path) -> Run:
-    with np.load(folder / "diagnostics.npz") as arrays:
-        scans, experts = viz.views_from_arrays(dict(arrays))
-    return Run(folder, json.loads((folder / "info.json").read_text()), scans, experts)
-
-
-def load_run(run_id: str) -> Run:
-    """The run a session's state names (its id comes from the browser, so it is checked);
-    marks it as recently used."""
-    folder = RUNS_DIR / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
-    if folder is None or not (folder / "info.json").is_file():
+def load_run(run_id: object) -> Run:
+    """The run a session's state names, or a message that it is gone."""
+    try:
+        return RUNS.load(run_id)
+    except RunNotFound:
         raise refuse("This result is no longer kept on the server. Press Separate to run "
-                     "the photo again.", "Result expired")
-    os.utime(folder)
-    return _read_run(folder)
+                     "the photo again.", "Result expired") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,11 +190,7 @@ def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
     views = sorted((v for v in run.scans if v.level == level and v.stream == stream),
                    key=lambda v: (v.branch != "main", v.branch, v.block))
     view = next((v for v in views if _site(v) == site), views[0])
-    animation = run.folder / f"scan_L{level}_{stream}_{view.branch}_{view.block}.gif"
-    if not animation.is_file():
-        partial = animation.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        viz.save_gif(viz.scan_animation(view, run.processed_size), partial)
-        partial.replace(animation)
+    animation = run.scan_animation(view)
     choices = [(_site_label(v), _site(v)) for v in views]
     return (gr.update(value=level), gr.update(choices=choices, value=_site(view)),
             viz.scan_figure(view, run.processed_size), str(animation))
@@ -410,7 +299,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
     weights_line = (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
                     f"({str(pipe.dtype).removeprefix('torch.')}){scale}")
     figure = functools.partial(gr.Image, interactive=False, format="png")
-    with gr.Blocks(title="DMDNet reflection separation", delete_cache=(3600, RUN_LIFETIME_S)) as demo:
+    with gr.Blocks(title="DMDNet reflection separation", delete_cache=(3600, RUNS.lifetime_s)) as demo:
         gr.Markdown(HEADER, elem_id="header")
         gr.Markdown(weights_line, elem_id="weights")
         run_state = gr.State()
@@ -524,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     log.info("loaded %s on %s", PIPELINE.weights.label, PIPELINE.device)
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS_DIR / f"examples-{weights_key(PIPELINE)}"))
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(PIPELINE)}"))
     demo = build_demo(PIPELINE)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="100mb",

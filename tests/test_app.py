@@ -23,6 +23,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from dmdnet.runs import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300
@@ -148,7 +149,7 @@ def test_uploaded_file_refusals(images):
 
 
 def test_load_run_accepts_only_run_ids(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(app, "RUNS", RunStore(tmp_path / "runs"))
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "info.json").write_text("{}")
     for bad in ("../secret", "run-../../secret", "run-" + "0" * 32, "", None, 3):
@@ -156,25 +157,12 @@ def test_load_run_accepts_only_run_ids(tmp_path, monkeypatch):
             app.load_run(bad)
 
 
-def test_prune_runs_removes_only_old_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "RUNS_DIR", tmp_path)
-    old, new, other = tmp_path / ("run-" + "a" * 32), tmp_path / ("run-" + "b" * 32), tmp_path / "examples-x"
-    for folder in (old, new, other):
-        folder.mkdir()
-        (folder / "f.png").write_bytes(b"x")
-    os.utime(old, (0, 0))
-    os.utime(other, (0, 0))
-    app.prune_runs()
-    assert not old.exists() and new.exists() and other.exists()
-
-
 def test_views_of_a_lite_run_skip_the_level_without_dsmamba(lite_checkpoints, images, tmp_path, monkeypatch):
     """DMDNet-Lite has no DSMamba at level 1: asking for it shows level 2, never an error."""
     pipe = app.dmdnet.load_pipeline(**{k: str(v) for k, v in lite_checkpoints.items()}, device="cpu")
-    monkeypatch.setattr(app, "RUNS_DIR", tmp_path / "runs")
-    monkeypatch.setattr(app, "PIPELINE", pipe)
-    run = app.save_run(pipe.separate(images["rgb"], diagnostics=True), "rgb.png", 0.1)
-    run_id = run.folder.name
+    monkeypatch.setattr(app, "RUNS", RunStore(tmp_path / "runs"))
+    run = app.RUNS.save(pipe.separate(images["rgb"], diagnostics=True), "rgb.png", 0.1)
+    run_id = run.id
     assert {view.level for view in run.scans} == {2, 3, 4, 5}
     level, site, figure, animation = app.show_scan(run_id, 1, "T", "main:0")
     assert level["value"] == 2 and site["value"] == "main:0"

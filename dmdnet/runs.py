@@ -1,0 +1,155 @@
+"""Saved separations ("runs"): what a demo session's state points to.
+
+A run folder holds the full-resolution layers, previews, the figures and the
+diagnostics of one separation, so the UI can redraw any view later without
+running the network again. Folders nobody has looked at for a day are pruned.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import viz
+from .images import save_png, to_uint8
+from .pipeline import SeparationResult
+
+RUN_ID = re.compile(r"run-[0-9a-f]{32}")
+RUN_LIFETIME_S = 24 * 3600
+PREVIEW_SIDE = 1280
+
+
+class RunNotFound(LookupError):
+    """The id names no kept run (malformed, pruned, or never existed)."""
+
+
+@dataclass
+class Run:
+    """One saved separation: its folder, summary and diagnostics."""
+
+    folder: Path
+    info: dict
+    scans: list[viz.ScanView]
+    experts: list[viz.ExpertView]
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+    def file(self, key: str) -> str:
+        return str(self.folder / self.info["files"][key])
+
+    @property
+    def summary(self) -> dict:
+        """What the API reports about the run (everything but the file table)."""
+        return {key: value for key, value in self.info.items() if key != "files"}
+
+    @property
+    def processed_size(self) -> tuple[int, int]:
+        return self.info["processed"]["height"], self.info["processed"]["width"]
+
+    @functools.cached_property
+    def layers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Transmission and reflection previews as float arrays in [0, 1], for the remix."""
+        def read(key: str) -> np.ndarray:
+            with Image.open(self.file(key)) as image:
+                return np.asarray(image.convert("RGB"), np.float32) / 255
+        return read("transmission_preview"), read("reflection_preview")
+
+    def scan_animation(self, view: viz.ScanView) -> Path:
+        """The GIF of one scan, drawn on first request and kept in the folder."""
+        path = self.folder / f"scan_L{view.level}_{view.stream}_{view.branch}_{view.block}.gif"
+        if not path.is_file():
+            partial = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            viz.save_gif(viz.scan_animation(view, self.processed_size), partial)
+            partial.replace(path)
+        return path
+
+
+def _preview(tensor: torch.Tensor) -> Image.Image:
+    image = Image.fromarray(to_uint8(tensor))
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+@functools.lru_cache(maxsize=8)
+def _read_run(folder: Path) -> Run:
+    with np.load(folder / "diagnostics.npz") as arrays:
+        scans, experts = viz.views_from_arrays(dict(arrays))
+    return Run(folder, json.loads((folder / "info.json").read_text()), scans, experts)
+
+
+class RunStore:
+    """Run folders under one root directory."""
+
+    def __init__(self, root: Path, lifetime_s: float = RUN_LIFETIME_S):
+        self.root = Path(root)
+        self.lifetime_s = lifetime_s
+
+    def save(self, result: SeparationResult, name: str, seconds: float, **details: object) -> Run:
+        """Writes the layers (full resolution), previews, figures and diagnostics of one
+        separation (run with diagnostics); `details` go into its summary."""
+        self.prune()
+        run_id = f"run-{uuid.uuid4().hex}"
+        folder = self.root / run_id
+        folder.mkdir(parents=True)
+        stem = re.sub(r"[^\w.-]+", "_", Path(name).stem)[:60] or "image"
+        files = {"transmission": f"{stem}_transmission.png", "reflection": f"{stem}_reflection.png",
+                 "input_preview": "input_preview.png", "transmission_preview": "transmission_preview.png",
+                 "reflection_preview": "reflection_preview.png", "depth": f"{stem}_depth.png",
+                 "scan_order": f"{stem}_scan_order.png", "gates": f"{stem}_mecm_gates.png",
+                 "diagnostics": "diagnostics.npz"}
+        save_png(result.transmission, folder / files["transmission"])
+        save_png(result.reflection, folder / files["reflection"])
+        for key, tensor in (("input", result.image), ("transmission", result.transmission),
+                            ("reflection", result.reflection)):
+            _preview(tensor).save(folder / files[f"{key}_preview"])
+        scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
+        np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
+        viz.depth_figure(result.depth[0, 0].float().numpy()).save(folder / files["depth"])
+        viz.scan_overview(scans, result.processed_size).save(folder / files["scan_order"])
+        viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
+                         [e.label for e in experts]).save(folder / files["gates"])
+        height, width = result.image.shape[-2:]
+        info = {
+            "source": name,
+            "input": {"width": width, "height": height},
+            "processed": {"width": result.processed_size[1], "height": result.processed_size[0]},
+            "seconds": round(seconds, 2),
+            **details,
+            "mecm_gates": {e.label: [round(float(c), 4) for c in e.coefficients] for e in experts},
+            "run": run_id,
+            "files": files,
+        }
+        (folder / "info.json").write_text(json.dumps(info, indent=1))
+        return self.load(run_id)
+
+    def load(self, run_id: object) -> Run:
+        """The run `run_id` names (ids come from browsers, so they are checked); marks it as
+        recently used. Raises RunNotFound."""
+        folder = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
+        if folder is None or not (folder / "info.json").is_file():
+            raise RunNotFound(run_id)
+        os.utime(folder)
+        return _read_run(folder)
+
+    def prune(self, now: float | None = None) -> None:
+        """Deletes run folders nobody has looked at for `lifetime_s`."""
+        now = time.time() if now is None else now
+        for folder in self.root.glob("run-*"):
+            try:
+                if now - folder.stat().st_mtime > self.lifetime_s:
+                    for item in folder.iterdir():
+                        item.unlink()
+                    folder.rmdir()
+            except OSError:
+                continue
