@@ -60,6 +60,14 @@ def test_forward_matches_reference(length, batch, groups, dtype, tolerance):
     assert relative_error(actual, oracle(inputs)) < tolerance
 
 
+@pytest.mark.parametrize("chunk_steps", [1, 7, 64])
+def test_forward_in_chunks_of_steps_matches_reference(chunk_steps, monkeypatch):
+    """The decays are computed a bounded chunk of steps at a time; the state carries over."""
+    inputs = make_inputs(batch=2, groups=2, length=150, dtype=torch.float64)
+    monkeypatch.setattr(scan_numba, "DECAY_CHUNK_ELEMENTS", chunk_steps * 2 * 4 * inputs["A"].shape[1])
+    assert relative_error(selective_scan_numba(**inputs), oracle(inputs)) < 1e-12
+
+
 @pytest.mark.parametrize("delta_softplus", [True, False])
 @pytest.mark.parametrize("drop", [(), ("D",), ("delta_bias",), ("D", "delta_bias")])
 def test_forward_options(delta_softplus, drop):
