@@ -190,8 +190,9 @@ class DMDNet(nn.Module):
         guide = None
         for level in range(5, 0, -1):  # popping each level's inputs frees them once used
             own_proximity = proximity.pop()
-            guide = own_proximity if guide is None else (
-                self._upsample_proj(guide, level + 1) + own_proximity)
+            if any(self.config.dm_blocks[:level]):  # a DM stack here or finer steers by the guide
+                guide = own_proximity if guide is None else (
+                    self._upsample_proj(guide, level + 1) + own_proximity)
             x_t, x_r = self._level_input(level, encoded.pop(), decoded, semantic.pop(level, None),
                                          own_proximity, observer)
             decoded = None  # summed into x_t, x_r: free it before the level's blocks
