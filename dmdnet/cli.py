@@ -97,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         out=Path(args.out), data=[Path(p) for p in args.data],
         validation=Path(args.validation) if args.validation else None, preset=args.preset,
         depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
-        patch=args.patch, batch=args.batch,
+        patch=args.patch, batch=args.batch, strength=tuple(args.strength),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -107,6 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MAX_PIXELS
+    from .synthesis import SynthesisSettings
 
     parser = argparse.ArgumentParser(prog="dmdnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "it); tensors whose names and shapes match are copied")
     train.add_argument("--patch", type=int, default=128, help="training crop size (multiple of 32)")
     train.add_argument("--batch", type=int, default=4)
+    train.add_argument("--strength", type=float, nargs=2, default=SynthesisSettings.strength,
+                       metavar=("LOW", "HIGH"), help="range of the synthetic reflections' strength b")
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=4e-4)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")

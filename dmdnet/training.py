@@ -24,7 +24,7 @@ from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
 from .proximity import ProximityEstimator
 from .evaluation import batch_psnr
-from .synthesis import PairSampler, list_images, validation_pairs
+from .synthesis import PairSampler, SynthesisSettings, list_images, validation_pairs
 
 PRESETS = {"lite": DMDNetConfig.lite, "released": DMDNetConfig.released}
 MODEL_NAME, MEMORY_NAME, STATE_NAME = "model_latest.pt", "memory_banks_latest.pt", "training_state.pt"
@@ -41,6 +41,8 @@ class TrainSettings:
     """A model file (memory banks beside it) to start from when `out` holds no run yet."""
     patch: int = 128
     batch: int = 4
+    strength: tuple[float, float] = SynthesisSettings.strength
+    """Range of the synthetic reflections' strength b (validation pairs keep the default)."""
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -111,7 +113,8 @@ class Trainer:
         self.model.to(self.device)
         self.depth_model.to(self.device)
         self._train_mode()
-        self.sampler = PairSampler(list_images(settings.data), settings.patch, settings.seed + self.step)
+        self.sampler = PairSampler(list_images(settings.data), settings.patch, settings.seed + self.step,
+                                   SynthesisSettings(strength=tuple(settings.strength)))
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)

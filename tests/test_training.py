@@ -66,3 +66,10 @@ def test_warm_start_copies_matching_tensors_and_reports_the_rest(lite_checkpoint
     saved = read_checkpoint(lite_checkpoints["model"], "model")["proximity_estimator"]
     assert all(torch.equal(v, saved[k]) for k, v in estimator.state_dict().items())
     assert len(skipped) == sum(k.startswith("dm_stacks.0.") for k in fresh) + 2
+
+
+def test_reflection_strength_reaches_the_sampler(tmp_path):
+    if not PHOTOS.is_dir():
+        pytest.skip(f"natural photos not found at {PHOTOS}")
+    trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32, strength=(0.1, 0.3)))
+    assert trainer.sampler.settings.strength == (0.1, 0.3)
