@@ -237,7 +237,8 @@ SCAN_HELP = """
 A selective scan reads a feature map as a sequence, so the order decides what each pixel
 has "seen". DAScan sorts pixels by a learned proximity map: the **T** stream scans region by
 region (outlined in white), near-to-far inside each; the **R** stream scans all pixels
-near-to-far. Colour = position in the sequence.
+near-to-far. Colour = position in the sequence. DMDNet-Lite has no DSMamba at full
+resolution, so its scans start at level 2.
 """
 
 EXPERT_HELP = """
