@@ -217,11 +217,17 @@ def load_dmdnet_weights(model: torch.nn.Module, path: str | Path, checkpoint: ob
     return {k: v for k, v in obj.items() if k != "network"} if isinstance(obj, Mapping) else {}
 
 
-def load_memory_banks(model: torch.nn.Module, path: str | Path) -> None:
-    """Loads the released `memory_banks_latest.pt` (22 tensors (E, C, C)) into `model.memory`."""
+def _read_memory_banks(path: str | Path) -> Mapping[str, object]:
+    """The dict of banks in a `memory_banks_latest.pt`, unchecked against any model."""
     obj = read_checkpoint(path, "memory bank")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"memory bank file {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_memory_banks(model: torch.nn.Module, path: str | Path) -> None:
+    """Loads the released `memory_banks_latest.pt` (22 tensors (E, C, C)) into `model.memory`."""
+    obj = _read_memory_banks(path)
     expected = {k: tuple(v.shape) for k, v in model.memory.as_dict().items()}
     check_state_dict(obj, expected, path, "memory bank")
     model.memory.load(obj)
@@ -260,10 +266,8 @@ def warm_start(model: torch.nn.Module, estimator: torch.nn.Module | None, model_
     """
     obj = read_checkpoint(model_path, "DMDNet model")
     network = official_to_ours(network_state_from_file(obj, model_path), config_from_checkpoint(obj, model_path))
-    banks = read_checkpoint(memory_path, "memory bank")
-    if not isinstance(banks, Mapping):
-        raise CheckpointError(f"memory bank file {memory_path} holds a {type(banks).__name__}, expected a dict")
-    skipped = _copy_matching(model.state_dict(), network) + _copy_matching(model.memory.as_dict(), banks)
+    skipped = (_copy_matching(model.state_dict(), network)
+               + _copy_matching(model.memory.as_dict(), _read_memory_banks(memory_path)))
     if estimator is not None:
         skipped += _copy_matching(estimator.state_dict(), dict(obj.get("proximity_estimator") or {}))
     return skipped
