@@ -98,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         validation=Path(args.validation) if args.validation else None, preset=args.preset,
         depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
         patch=args.patch, batch=args.batch, strength=tuple(args.strength),
+        transmission_gain=tuple(args.transmission_gain),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=4)
     train.add_argument("--strength", type=float, nargs=2, default=SynthesisSettings.strength,
                        metavar=("LOW", "HIGH"), help="range of the synthetic reflections' strength b")
+    train.add_argument("--transmission-gain", type=float, nargs=2, default=SynthesisSettings.transmission_gain,
+                       metavar=("LOW", "HIGH"),
+                       help="range of the glass's attenuation a of the scene (screen blend and ghosting)")
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=4e-4)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")

@@ -43,6 +43,8 @@ class TrainSettings:
     batch: int = 4
     strength: tuple[float, float] = SynthesisSettings.strength
     """Range of the synthetic reflections' strength b (validation pairs keep the default)."""
+    transmission_gain: tuple[float, float] = SynthesisSettings.transmission_gain
+    """Range of the glass's attenuation a of the scene (screen blend and ghosting)."""
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -114,7 +116,8 @@ class Trainer:
         self.depth_model.to(self.device)
         self._train_mode()
         self.sampler = PairSampler(list_images(settings.data), settings.patch, settings.seed + self.step,
-                                   SynthesisSettings(strength=tuple(settings.strength)))
+                                   SynthesisSettings(strength=tuple(settings.strength),
+                                                     transmission_gain=tuple(settings.transmission_gain)))
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)

@@ -68,8 +68,10 @@ def test_warm_start_copies_matching_tensors_and_reports_the_rest(lite_checkpoint
     assert len(skipped) == sum(k.startswith("dm_stacks.0.") for k in fresh) + 2
 
 
-def test_reflection_strength_reaches_the_sampler(tmp_path):
+def test_synthesis_ranges_reach_the_sampler(tmp_path):
     if not PHOTOS.is_dir():
         pytest.skip(f"natural photos not found at {PHOTOS}")
-    trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32, strength=(0.1, 0.3)))
+    trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32, strength=(0.1, 0.3),
+                                    transmission_gain=(0.5, 0.9)))
     assert trainer.sampler.settings.strength == (0.1, 0.3)
+    assert trainer.sampler.settings.transmission_gain == (0.5, 0.9)
