@@ -91,14 +91,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
         validation=Path(args.validation) if args.validation else None, preset=args.preset,
         depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
-        patch=args.patch, batch=args.batch, strength=tuple(args.strength),
-        transmission_gain=tuple(args.transmission_gain),
+        patch=args.patch, batch=args.batch,
+        synthesis=SynthesisSettings(strength=tuple(args.strength),
+                                    transmission_gain=tuple(args.transmission_gain)),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()

@@ -41,10 +41,8 @@ class TrainSettings:
     """A model file (memory banks beside it) to start from when `out` holds no run yet."""
     patch: int = 128
     batch: int = 4
-    strength: tuple[float, float] = SynthesisSettings.strength
-    """Range of the synthetic reflections' strength b (validation pairs keep the default)."""
-    transmission_gain: tuple[float, float] = SynthesisSettings.transmission_gain
-    """Range of the glass's attenuation a of the scene (screen blend and ghosting)."""
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    """How training pairs are synthesised (validation pairs keep the defaults)."""
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -116,8 +114,7 @@ class Trainer:
         self.depth_model.to(self.device)
         self._train_mode()
         self.sampler = PairSampler(list_images(settings.data), settings.patch, settings.seed + self.step,
-                                   SynthesisSettings(strength=tuple(settings.strength),
-                                                     transmission_gain=tuple(settings.transmission_gain)))
+                                   settings.synthesis)
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)

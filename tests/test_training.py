@@ -6,6 +6,7 @@ import torch
 
 import dmdnet
 from conftest import SHARED
+from dmdnet.synthesis import SynthesisSettings
 from dmdnet.training import MEMORY_NAME, MODEL_NAME, Trainer, TrainSettings
 
 PHOTOS = SHARED / "data" / "natural" / "bsds500" / "val"
@@ -71,7 +72,7 @@ def test_warm_start_copies_matching_tensors_and_reports_the_rest(lite_checkpoint
 def test_synthesis_ranges_reach_the_sampler(tmp_path):
     if not PHOTOS.is_dir():
         pytest.skip(f"natural photos not found at {PHOTOS}")
-    trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32, strength=(0.1, 0.3),
-                                    transmission_gain=(0.5, 0.9)))
+    trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32,
+                                    synthesis=SynthesisSettings(strength=(0.1, 0.3), transmission_gain=(0.5, 0.9))))
     assert trainer.sampler.settings.strength == (0.1, 0.3)
     assert trainer.sampler.settings.transmission_gain == (0.5, 0.9)
