@@ -2,6 +2,7 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
+                  [--native-scale]
 
 A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
 writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
@@ -297,6 +298,9 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
     `PIPELINE` runs the network)."""
     scale = "" if pipe.max_pixels >= DEFAULT_MAX_PIXELS else (
         f" · photos above {pipe.max_pixels / 1e6:.1f} MP run downscaled")
+    if pipe.max_short_side:
+        scale += (f" · photos run at a short side of at most {pipe.max_short_side} px, the scale "
+                  "the weights were trained at; the layers come back at full size")
     weights_line = (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
                     f"({str(pipe.dtype).removeprefix('torch.')}){scale}")
     figure = functools.partial(gr.Image, interactive=False, format="png")
@@ -380,7 +384,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
 
 def weights_key(pipe: dmdnet.Pipeline) -> str:
     """Short hash naming the loaded weights, so cached examples never outlive them."""
-    parts = [pipe.weights.label, str(pipe.dtype), str(pipe.max_pixels)]
+    parts = [pipe.weights.label, str(pipe.dtype), str(pipe.max_pixels), str(pipe.max_short_side)]
     for role, name in sorted(pipe.weights.files.items()):
         path = Path(name)
         stat = path.stat() if path.is_file() else None
@@ -409,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device) if args.device else default_device()
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
         PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
-                                        dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels)
+                                        dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
+                                        native_scale=args.native_scale)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -21,13 +21,15 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 
 def add_weight_options(parser: argparse.ArgumentParser) -> None:
-    """--model/--memory/--depth/--hub-repo/--device/--dtype, shared by the CLI and app.py."""
+    """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
     parser.add_argument("--memory", help="memory bank file (memory_banks_latest.pt)")
     parser.add_argument("--depth", help="MiDaS depth file (dpt_next_vit_large_384.pt)")
     parser.add_argument("--hub-repo", help="Hugging Face Hub repository to fetch missing files from")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--native-scale", action="store_true",
+                        help="run photos at full size even where the weights were trained on smaller ones")
 
 
 def _separate(args: argparse.Namespace) -> int:
@@ -43,7 +45,8 @@ def _separate(args: argparse.Namespace) -> int:
         return 2
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
-                             dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=args.max_pixels)
+                             dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=args.max_pixels,
+                             native_scale=args.native_scale)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -72,7 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
-                             dtype=args.dtype, hub_repo=args.hub_repo)
+                             dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -100,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
         depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
         patch=args.patch, batch=args.batch,
         synthesis=SynthesisSettings(strength=tuple(args.strength),
-                                    transmission_gain=tuple(args.transmission_gain)),
+                                    transmission_gain=tuple(args.transmission_gain),
+                                    blur_sigma=tuple(args.reflection_blur)),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--transmission-gain", type=float, nargs=2, default=SynthesisSettings.transmission_gain,
                        metavar=("LOW", "HIGH"),
                        help="range of the glass's attenuation a of the scene (screen blend and ghosting)")
+    train.add_argument("--reflection-blur", type=float, nargs=2, default=SynthesisSettings.blur_sigma,
+                       metavar=("LOW", "HIGH"), help="range of the Gaussian blur's sigma on the reflection")
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=4e-4)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")

@@ -1,10 +1,13 @@
 """End-to-end separation: image in, transmission and reflection layers out.
 
 Pads to the network's multiple, runs depth and DMDNet, crops back. Photos larger
-than `max_pixels` run at a reduced size and come back at full resolution: the
-reflection is upsampled and the transmission is the full-resolution input minus
-the upsampled removed residual (input - T), so the scene keeps its fine detail.
-Images up to `max_pixels` (default about 2.1 MP, e.g. 1448x1448) run natively.
+than `max_pixels`, or with a short side above `max_short_side`, run at a reduced size
+and come back at full resolution: the reflection is upsampled and the transmission is
+the full-resolution input minus the upsampled removed residual (input - T), so the
+scene keeps its fine detail. `max_short_side` is the scale the weights were trained
+at, where their checkpoint records it (DMDNet-Lite: photos with short sides up to
+256 px): a reflection spans more pixels in a larger photo than the network ever saw.
+Other images up to `max_pixels` (default about 2.1 MP, e.g. 1448x1448) run natively.
 """
 from __future__ import annotations
 
@@ -63,12 +66,16 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return image
 
 
-def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
-    """The size the network runs at: native up to `max_pixels`, else scaled down keeping aspect."""
-    if height * width <= max_pixels:
-        return height, width
+def working_size(height: int, width: int, max_pixels: int,
+                 max_short_side: int | None = None) -> tuple[int, int]:
+    """The size the network runs at: native up to `max_pixels` pixels and a short side of
+    `max_short_side`, else scaled down keeping aspect until both hold."""
     scale = math.sqrt(max_pixels / (height * width))
-    return max(1, int(height * scale)), max(1, int(width * scale))
+    if max_short_side:
+        scale = min(scale, max_short_side / min(height, width))
+    if scale >= 1:
+        return height, width
+    return max(1, math.floor(height * scale + 1e-6)), max(1, math.floor(width * scale + 1e-6))
 
 
 class Pipeline:
@@ -76,10 +83,11 @@ class Pipeline:
 
     def __init__(self, model: DMDNet, depth_model: nn.Module, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 weights: WeightsInfo | None = None):
+                 weights: WeightsInfo | None = None, max_short_side: int | None = None):
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_pixels = max_pixels
+        self.max_short_side = max_short_side
         self.weights = weights or WeightsInfo("unnamed weights")
         self.model = model.to(self.device, dtype).eval()
         self.depth_model = depth_model.to(self.device, dtype).eval()
@@ -93,7 +101,7 @@ class Pipeline:
         """Separates one image. `diagnostics=True` also records depth, scans and expert maps."""
         full = to_tensor(image).to(self.device, self.dtype)
         height, width = full.shape[-2:]
-        size = working_size(height, width, self.max_pixels)
+        size = working_size(height, width, self.max_pixels, self.max_short_side)
         work = full if size == (height, width) else F.interpolate(
             full, size=size, mode="bilinear", align_corners=False, antialias=True)
 
@@ -162,7 +170,7 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
 def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
                   depth: str | Path | None = None, device: torch.device | str | None = None,
                   dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Pipeline:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, native_scale: bool = False) -> Pipeline:
     """Builds a ready pipeline.
 
     Each file is found by `dmdnet.weights.find_weight_file` (explicit path, environment
@@ -170,6 +178,8 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
     files anywhere, the project's own DMDNet-Lite weights shipped in `weights/` load.
     A model file that carries its own "config" and "proximity_estimator" (DMDNet-Lite)
     needs no MiDaS file. Any problem with a file raises `CheckpointError` naming it.
+    Photos whose short side exceeds the one the weights were trained at (recorded as
+    "trained_short_side" in the model file) run at that scale unless `native_scale`.
     """
     paths = {spec: find_weight_file(spec, explicit, hub_repo)
              for spec, explicit in ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))}
@@ -190,5 +200,6 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
         else _released_pipeline_parts
     network, depth_model, info = build(config, checkpoint, paths)
     load_memory_banks(network, paths[MEMORY_FILE])
+    trained_short_side = checkpoint.get("trained_short_side") if isinstance(checkpoint, dict) else None
     return Pipeline(network, depth_model, device or default_device(), parse_dtype(dtype),
-                    max_pixels, info)
+                    max_pixels, info, None if native_scale else trained_short_side)

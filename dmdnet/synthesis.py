@@ -72,6 +72,9 @@ class SynthesisSettings:
     """Range of b, the reflection's strength."""
     transmission_gain: tuple[float, float] = (0.8, 1.0)
     """Range of a (screen blend only)."""
+    blur_sigma: tuple[float, float] = (2.0, 5.0)
+    """Range of the Gaussian blur's sigma on the reflection (screen blend and additive): small
+    values give the in-focus reflections of a camera focused near the glass."""
     model_probabilities: tuple[float, float, float] = (0.45, 0.4, 0.15)
     """screen blend, additive, ghosting."""
 
@@ -89,7 +92,7 @@ def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.ran
         r = b * gaussian_blur(ghost, 5, rng.uniform(0.5, 1.5))
     else:
         size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
-        r = b * gaussian_blur(reflection, size, rng.uniform(2.0, 5.0))
+        r = b * gaussian_blur(reflection, size, rng.uniform(*settings.blur_sigma))
     if kind == 1:
         blended = (transmission + r).clamp(0, 1)
         return blended, transmission, blended - transmission

@@ -139,7 +139,8 @@ class Trainer:
                    + "".join(f"\n  {name}" for name in skipped))
 
     def save(self) -> None:
-        extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict()}
+        extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
+                 "trained_short_side": 2 * self.settings.patch}
         if self.trains_depth:
             extra["proximity_estimator"] = {k: v.detach().cpu() for k, v in self.depth_model.state_dict().items()}
         save_dmdnet_checkpoint(self.model, self.out / MODEL_NAME, self.out / MEMORY_NAME, **extra)

@@ -116,10 +116,11 @@ def images(tmp_path_factory) -> dict[str, Path]:
 def test_parser_defaults_leave_host_and_port_to_gradio_environment():
     args = app.build_parser().parse_args([])
     assert args.host is None and args.port is None and not args.share  # GRADIO_SERVER_NAME/PORT apply
-    args = app.build_parser().parse_args(["--host", "0.0.0.0", "--port", "7870", "--share",
-                                          "--device", "cpu", "--model", "m.pt", "--max-pixels", "1000"])
-    assert (args.host, args.port, args.share, args.device, args.model, args.max_pixels) == (
-        "0.0.0.0", 7870, True, "cpu", "m.pt", 1000)
+    assert not args.native_scale
+    args = app.build_parser().parse_args(["--host", "0.0.0.0", "--port", "7870", "--share", "--device", "cpu",
+                                          "--model", "m.pt", "--max-pixels", "1000", "--native-scale"])
+    assert (args.host, args.port, args.share, args.device, args.model, args.max_pixels, args.native_scale) == (
+        "0.0.0.0", 7870, True, "cpu", "m.pt", 1000, True)
 
 
 def test_main_reports_missing_weights_without_traceback(tmp_path, capsys):

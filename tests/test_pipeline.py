@@ -66,6 +66,27 @@ def test_large_photos_run_downscaled_and_return_full_resolution(lite_pipeline):
     assert torch.allclose(result.reflection, up(native.reflection), atol=1e-5)
 
 
+def test_working_size_keeps_the_short_side_the_weights_were_trained_at():
+    assert working_size(400, 600, 10**7, 256) == (256, 384)
+    assert working_size(1000, 300, 10**7, 256) == (853, 256)
+    assert working_size(200, 3000, 10**7, 256) == (200, 3000)
+    assert working_size(2000, 3000, 60_000, 256) == working_size(2000, 3000, 60_000)
+    assert working_size(400, 600, 10**7, None) == (400, 600)
+
+
+def test_trained_short_side_in_the_model_file_sets_the_scale(lite_checkpoints, tmp_path):
+    checkpoint = torch.load(lite_checkpoints["model"], weights_only=True)
+    torch.save({**checkpoint, "trained_short_side": 64}, tmp_path / "model.pt")
+    pipe = dmdnet.load_pipeline(tmp_path / "model.pt", lite_checkpoints["memory"], device="cpu")
+    result = pipe.separate(torch.rand(1, 3, 96, 160))
+    assert result.processed_size == (64, 106)
+    assert result.transmission.shape == (1, 3, 96, 160)
+    native = dmdnet.load_pipeline(tmp_path / "model.pt", lite_checkpoints["memory"], device="cpu",
+                                  native_scale=True)
+    assert native.max_short_side is None
+    assert native.separate(torch.rand(1, 3, 96, 160)).processed_size == (96, 160)
+
+
 def test_weights_label(lite_pipeline):
     assert "DMDNet-Lite" in lite_pipeline.weights.label
     assert lite_pipeline.device == torch.device("cpu")

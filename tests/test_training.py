@@ -1,12 +1,13 @@
 """A few DMDNet-Lite training steps: the loss falls and the checkpoints load and resume."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import dmdnet
 from conftest import SHARED
-from dmdnet.synthesis import SynthesisSettings
+from dmdnet.synthesis import SynthesisSettings, synthesize
 from dmdnet.training import MEMORY_NAME, MODEL_NAME, Trainer, TrainSettings
 
 PHOTOS = SHARED / "data" / "natural" / "bsds500" / "val"
@@ -30,6 +31,7 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
     pipe = dmdnet.load_pipeline(model=settings.out / MODEL_NAME, memory=settings.out / MEMORY_NAME,
                                 device="cpu")
     assert "DMDNet-Lite" in pipe.weights.label
+    assert pipe.max_short_side == 2 * settings.patch
     result = pipe.separate(batch[0][0])
     assert result.transmission.shape == (1, 3, 64, 64)
     assert torch.isfinite(result.transmission).all()
@@ -73,6 +75,18 @@ def test_synthesis_ranges_reach_the_sampler(tmp_path):
     if not PHOTOS.is_dir():
         pytest.skip(f"natural photos not found at {PHOTOS}")
     trainer = Trainer(TrainSettings(out=tmp_path / "run", data=[PHOTOS], patch=32,
-                                    synthesis=SynthesisSettings(strength=(0.1, 0.3), transmission_gain=(0.5, 0.9))))
+                                    synthesis=SynthesisSettings(strength=(0.1, 0.3), transmission_gain=(0.5, 0.9),
+                                                                blur_sigma=(0.5, 1.0))))
     assert trainer.sampler.settings.strength == (0.1, 0.3)
     assert trainer.sampler.settings.transmission_gain == (0.5, 0.9)
+    assert trainer.sampler.settings.blur_sigma == (0.5, 1.0)
+
+
+def test_reflection_blur_range_sets_the_reflections_sharpness():
+    generator = torch.Generator().manual_seed(0)
+    transmission, reflection = torch.rand(3, 48, 48, generator=generator) * 0.5, torch.rand(3, 48, 48, generator=generator)
+    def detail(sigma: float) -> float:
+        settings = SynthesisSettings(strength=(0.5, 0.5), blur_sigma=(sigma, sigma), model_probabilities=(0, 1, 0))
+        _, _, target = synthesize(transmission, reflection, np.random.default_rng(0), settings)
+        return float(target.diff(dim=-1).abs().mean())
+    assert detail(0.3) > 4 * detail(4.0)
