@@ -49,10 +49,17 @@ def gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(c, 1, size, 1), groups=c)[0]
 
 
+def short_side_range(patch: int) -> tuple[int, int]:
+    """Spec augmentation: the short sides photos are rescaled to before P x P crops, [P, 2P]."""
+    return patch, 2 * patch
+
+
 def random_patch(image: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
-    """Spec augmentation: short side to a random even size in [P, 2P], flip, rot90, P x P crop."""
+    """Spec augmentation: short side to a random even size in `short_side_range`, flip, rot90,
+    P x P crop."""
     h, w = image.shape[-2:]
-    short = 2 * int(rng.integers(patch // 2, patch + 1))
+    shortest, longest = short_side_range(patch)
+    short = 2 * int(rng.integers(shortest // 2, longest // 2 + 1))
     scale = short / min(h, w)
     size = (max(patch, round(h * scale)), max(patch, round(w * scale)))
     x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear",

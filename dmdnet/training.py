@@ -24,7 +24,7 @@ from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
 from .proximity import ProximityEstimator
 from .evaluation import batch_psnr
-from .synthesis import PairSampler, SynthesisSettings, list_images, validation_pairs
+from .synthesis import PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
 
 PRESETS = {"lite": DMDNetConfig.lite, "released": DMDNetConfig.released}
 MODEL_NAME, MEMORY_NAME, STATE_NAME = "model_latest.pt", "memory_banks_latest.pt", "training_state.pt"
@@ -140,7 +140,7 @@ class Trainer:
 
     def save(self) -> None:
         extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
-                 "trained_short_side": 2 * self.settings.patch}
+                 "trained_short_side": short_side_range(self.settings.patch)[1]}
         if self.trains_depth:
             extra["proximity_estimator"] = {k: v.detach().cpu() for k, v in self.depth_model.state_dict().items()}
         save_dmdnet_checkpoint(self.model, self.out / MODEL_NAME, self.out / MEMORY_NAME, **extra)
