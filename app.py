@@ -38,7 +38,7 @@ import dmdnet
 from dmdnet import viz
 from dmdnet.cli import add_weight_options
 from dmdnet.images import image_files
-from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device
+from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device, working_size
 from dmdnet.runs import Run, RunNotFound, RunStore
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -65,10 +65,11 @@ def gpu_seconds(path: str) -> int:
     """ZeroGPU time to reserve for one image: grows with the pixels the network will run."""
     try:
         with Image.open(path) as probe:
-            pixels = probe.width * probe.height
+            height, width = working_size(probe.height, probe.width, PIPELINE.max_pixels,
+                                         PIPELINE.max_short_side)
     except (OSError, ValueError, Image.DecompressionBombError):
-        pixels = 0
-    return int(30 + 60 * min(pixels, PIPELINE.max_pixels) / 1e6)
+        height = width = 0
+    return int(30 + 60 * height * width / 1e6)
 
 
 def _on_gpu(function):

@@ -129,7 +129,7 @@ def test_main_reports_missing_weights_without_traceback(tmp_path, capsys):
 
 
 def test_gpu_seconds_grow_with_image_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024))
+    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024, max_short_side=None))
     sizes = [(32, 32), (512, 512), (1024, 1024), (3000, 2000)]
     seconds = []
     for width, height in sizes:
@@ -137,6 +137,8 @@ def test_gpu_seconds_grow_with_image_size(tmp_path, monkeypatch):
         Image.new("L", (width, height)).save(path)
         seconds.append(app.gpu_seconds(str(path)))
     assert seconds[0] < seconds[1] < seconds[2] == seconds[3]  # capped: big photos run downscaled
+    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024, max_short_side=256))
+    assert seconds[0] < app.gpu_seconds(str(tmp_path / "3000.png")) < seconds[1]  # runs at 384x256
 
 
 def test_uploaded_file_refusals(images):
