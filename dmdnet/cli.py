@@ -93,6 +93,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
+    """`--mix` weights -> probabilities summing to 1."""
+    total = sum(weights)
+    if min(weights) < 0 or total <= 0:
+        raise SystemExit("--mix needs non-negative weights with a positive sum")
+    return tuple(w / total for w in weights)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
@@ -104,7 +112,8 @@ def _train(args: argparse.Namespace) -> int:
         patch=args.patch, batch=args.batch,
         synthesis=SynthesisSettings(strength=tuple(args.strength),
                                     transmission_gain=tuple(args.transmission_gain),
-                                    blur_sigma=tuple(args.reflection_blur)),
+                                    blur_sigma=tuple(args.reflection_blur),
+                                    model_probabilities=mix_probabilities(args.mix)),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -155,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="range of the glass's attenuation a of the scene (screen blend and ghosting)")
     train.add_argument("--reflection-blur", type=float, nargs=2, default=SynthesisSettings.blur_sigma,
                        metavar=("LOW", "HIGH"), help="range of the Gaussian blur's sigma on the reflection")
+    train.add_argument("--mix", type=float, nargs=4, default=SynthesisSettings.model_probabilities,
+                       metavar=("SCREEN", "ADDITIVE", "GHOSTING", "HIGHLIGHTS"),
+                       help="relative frequencies of the image-formation models (normalised to sum to 1)")
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=4e-4)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")

@@ -1,12 +1,15 @@
 """Synthetic training pairs: a natural photo seen through glass that reflects another.
 
-Three image-formation models are mixed, because real reflections vary and the
+Four image-formation models are mixed, because real reflections vary and the
 reference's single strong screen blend removes too much on real photos:
 - screen blend (the reference's): I = T + R - T*R, T = a*T0, R = b*blur(R0);
 - additive with clipping (CEILNet): I = clip(T0 + b*blur(R0));
-- ghosting (thick glass): R = b*(mix of R0 and a shifted copy), lightly blurred, screen blend.
+- ghosting (thick glass): R = b*(mix of R0 and a shifted copy), lightly blurred, screen blend;
+- highlights: I = clip(T0 + b*M*blur(R0)^g), g in [1.5, 3], M a smooth random mask. Real
+  reflections are often bright things (lamps, sky, windows) over part of the glass with
+  little light elsewhere, while a plain b*R0 always lays a veil over the whole frame.
 Targets are T0 and the reflection actually present in I (I's share not explained by T0
-for the additive model), so that T + R reproduces the photo.
+for the additive models), so that T + R reproduces the photo.
 """
 from __future__ import annotations
 
@@ -82,16 +85,31 @@ class SynthesisSettings:
     blur_sigma: tuple[float, float] = (2.0, 5.0)
     """Range of the Gaussian blur's sigma on the reflection (screen blend and additive): small
     values give the in-focus reflections of a camera focused near the glass."""
-    model_probabilities: tuple[float, float, float] = (0.45, 0.4, 0.15)
-    """screen blend, additive, ghosting."""
+    highlight_blur_sigma: tuple[float, float] = (0.5, 3.0)
+    """Range of the blur's sigma on highlight reflections (bright reflected things are often
+    close to in focus)."""
+    model_probabilities: tuple[float, float, float, float] = (0.45, 0.4, 0.15, 0.0)
+    """screen blend, additive, ghosting, highlights."""
+
+
+def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """(1, H, W) mask in [0, 1]: a few smooth blobs covering a random share of the patch."""
+    cells = int(rng.integers(2, 6))
+    coarse = torch.from_numpy(rng.random((1, 1, cells, cells))).float()
+    field = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[0]
+    return ((field - rng.uniform(0.2, 0.6)) / 0.25).clamp(0, 1)
 
 
 def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
                settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
     """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
     b = rng.uniform(*settings.strength)
-    kind = rng.choice(3, p=settings.model_probabilities)
-    if kind == 2:
+    kind = rng.choice(4, p=settings.model_probabilities)
+    if kind == 3:
+        size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
+        glow = gaussian_blur(reflection, size, rng.uniform(*settings.highlight_blur_sigma)).clamp(0, 1)
+        r = b * smooth_mask(tuple(reflection.shape[-2:]), rng) * glow ** rng.uniform(1.5, 3.0)
+    elif kind == 2:
         shift = int(rng.integers(3, 11))
         dy, dx = int(rng.integers(-shift, shift + 1)), shift
         mix = rng.uniform(0.5, 0.8)
@@ -100,7 +118,7 @@ def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.ran
     else:
         size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
         r = b * gaussian_blur(reflection, size, rng.uniform(*settings.blur_sigma))
-    if kind == 1:
+    if kind in (1, 3):
         blended = (transmission + r).clamp(0, 1)
         return blended, transmission, blended - transmission
     t = rng.uniform(*settings.transmission_gain) * transmission

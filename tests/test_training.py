@@ -86,7 +86,32 @@ def test_reflection_blur_range_sets_the_reflections_sharpness():
     generator = torch.Generator().manual_seed(0)
     transmission, reflection = torch.rand(3, 48, 48, generator=generator) * 0.5, torch.rand(3, 48, 48, generator=generator)
     def detail(sigma: float) -> float:
-        settings = SynthesisSettings(strength=(0.5, 0.5), blur_sigma=(sigma, sigma), model_probabilities=(0, 1, 0))
+        settings = SynthesisSettings(strength=(0.5, 0.5), blur_sigma=(sigma, sigma), model_probabilities=(0, 1, 0, 0))
         _, _, target = synthesize(transmission, reflection, np.random.default_rng(0), settings)
         return float(target.diff(dim=-1).abs().mean())
     assert detail(0.3) > 4 * detail(4.0)
+
+
+def test_highlight_reflections_light_part_of_the_frame_and_add_up():
+    generator = torch.Generator().manual_seed(1)
+    transmission, reflection = torch.rand(3, 64, 64, generator=generator) * 0.5, torch.rand(3, 64, 64, generator=generator)
+    settings = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 0, 0, 1))
+    veil = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 1, 0, 0))
+    dark_shares, veil_means, highlight_means = [], [], []
+    for seed in range(8):
+        blended, t, r = synthesize(transmission, reflection, np.random.default_rng(seed), settings)
+        assert torch.equal(t, transmission)
+        assert torch.allclose(t + r, blended) and r.min() >= 0 and blended.max() <= 1
+        dark_shares.append(float((r.amax(0) < 1e-3).float().mean()))
+        highlight_means.append(float(r.mean()))
+        veil_means.append(float(synthesize(transmission, reflection, np.random.default_rng(seed), veil)[2].mean()))
+    assert max(dark_shares) > 0.2, dark_shares
+    assert np.mean(highlight_means) < 0.5 * np.mean(veil_means)
+
+
+def test_mix_weights_are_normalised_and_checked():
+    from dmdnet.cli import mix_probabilities
+
+    assert mix_probabilities([2, 1, 1, 0]) == (0.5, 0.25, 0.25, 0.0)
+    with pytest.raises(SystemExit, match="--mix"):
+        mix_probabilities([1, -1, 0, 0])
