@@ -121,6 +121,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError, average_checkpoints
+    from .training import MEMORY_NAME, MODEL_NAME
+
+    runs, out = [Path(run) for run in args.runs], Path(args.out)
+    try:
+        average_checkpoints([run / MODEL_NAME for run in runs], [run / MEMORY_NAME for run in runs],
+                            out / MODEL_NAME, out / MEMORY_NAME)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"average of {len(runs)} runs written to {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MAX_PIXELS
     from .synthesis import SynthesisSettings
@@ -175,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train)
+
+    average = commands.add_parser("average", help="average the weights of runs fine-tuned from one start")
+    average.add_argument("runs", nargs="+", help="run folders (model_latest.pt, memory_banks_latest.pt)")
+    average.add_argument("--out", required=True, help="folder for the averaged files")
+    average.set_defaults(run=_average)
     return parser
 
 

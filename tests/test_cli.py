@@ -44,3 +44,14 @@ def test_missing_weights_message(tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert "DMDNet model file not found" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_average_command_writes_run_files_or_explains(tmp_path, lite_checkpoints):
+    run_folder = lite_checkpoints["model"].parent
+    command = [sys.executable, "-m", "dmdnet", "average", str(run_folder), str(run_folder), "--out", str(tmp_path / "soup")]
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "soup" / "model_latest.pt").is_file() and (tmp_path / "soup" / "memory_banks_latest.pt").is_file()
+    run = subprocess.run(command[:4] + [str(run_folder), str(tmp_path / "empty"), "--out", str(tmp_path / "x")],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "DMDNet model file not found" in run.stderr and "Traceback" not in run.stderr
