@@ -314,10 +314,10 @@ def average_checkpoints(model_paths: list[str | Path], memory_paths: list[str | 
                         out_model: str | Path, out_memory: str | Path) -> None:
     """Writes the weight average ("model soup") of runs fine-tuned from one starting point.
 
-    Network and proximity-estimator
-    tensors are averaged; memory slots are averaged and renormalised to unit length, as the
-    banks' evolution keeps them. The other entries (config, trained scale) come from the
-    first file and must agree across files.
+    Network and proximity-estimator tensors are averaged; memory slots are averaged and
+    renormalised to unit length, as the banks' evolution keeps them. The other entries
+    (config, trained scale) come from the first file and must agree across files;
+    "iterations" is the largest of the runs'.
     """
     models = [read_checkpoint(path, "DMDNet model") for path in model_paths]
     if len(models) < 2 or not all(isinstance(m, Mapping) and "network" in m for m in models):
