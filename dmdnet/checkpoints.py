@@ -303,8 +303,10 @@ def load_midas_weights(depth_model: torch.nn.Module, path: str | Path) -> None:
 def _mean_tensors(states: list[Mapping[str, object]], what: str) -> dict[str, torch.Tensor]:
     """Element-wise mean of dicts of tensors with the same names and shapes (others refused)."""
     first = states[0]
-    for state in states[1:]:
-        if set(state) != set(first) or any(state[k].shape != first[k].shape for k in first):
+    for state in states:
+        if set(state) != set(first) or not all(
+                isinstance(state[k], torch.Tensor) and isinstance(v, torch.Tensor) and state[k].shape == v.shape
+                for k, v in first.items()):
             raise CheckpointError(f"cannot average {what}: the files hold different tensors or shapes")
     return {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype)
             if v.is_floating_point() else v for k, v in first.items()}
@@ -328,7 +330,7 @@ def average_checkpoints(model_paths: list[str | Path], memory_paths: list[str | 
     averaged = dict(models[0])
     for key in ("network", "proximity_estimator"):
         if key in averaged:
-            averaged[key] = _mean_tensors([m[key] for m in models], key)
+            averaged[key] = _mean_tensors([m.get(key) or {} for m in models], key)
     averaged["iterations"] = max(int(m.get("iterations", 0)) for m in models)
     banks = _mean_tensors([_read_memory_banks(path) for path in memory_paths], "memory banks")
     for path in (out_model, out_memory):

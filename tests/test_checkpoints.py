@@ -208,6 +208,10 @@ def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_pa
     pipe = dmdnet.load_pipeline(model=out_model, memory=out_memory, device="cpu")
     assert torch.isfinite(pipe.separate(torch.rand(1, 3, 40, 48)).transmission).all()
 
+    torch.save({k: v for k, v in model.items() if k != "proximity_estimator"}, tmp_path / "no_estimator.pt")
+    with pytest.raises(CheckpointError, match="cannot average proximity_estimator"):
+        average_checkpoints([lite_checkpoints["model"], tmp_path / "no_estimator.pt"], [lite_checkpoints["memory"]] * 2,
+                            out_model, out_memory)
     torch.save(dict(list(memory.items())[1:]), tmp_path / "fewer_banks.pt")
     with pytest.raises(CheckpointError, match="different tensors or shapes"):
         average_checkpoints([lite_checkpoints["model"]] * 2, [lite_checkpoints["memory"], tmp_path / "fewer_banks.pt"],
