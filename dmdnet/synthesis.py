@@ -100,14 +100,19 @@ def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor
     return ((field - rng.uniform(0.2, 0.6)) / 0.25).clamp(0, 1)
 
 
+def random_blur(image: torch.Tensor, sigma_range: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
+    """Gaussian blur with the reference's random kernel size and a sigma drawn from `sigma_range`."""
+    size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
+    return gaussian_blur(image, size, rng.uniform(*sigma_range))
+
+
 def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
                settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
     """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
     b = rng.uniform(*settings.strength)
     kind = rng.choice(4, p=settings.model_probabilities)
     if kind == 3:
-        size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
-        glow = gaussian_blur(reflection, size, rng.uniform(*settings.highlight_blur_sigma)).clamp(0, 1)
+        glow = random_blur(reflection, settings.highlight_blur_sigma, rng).clamp(0, 1)
         r = b * smooth_mask(tuple(reflection.shape[-2:]), rng) * glow ** rng.uniform(1.5, 3.0)
     elif kind == 2:
         shift = int(rng.integers(3, 11))
@@ -116,8 +121,7 @@ def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.ran
         ghost = mix * reflection + (1 - mix) * torch.roll(reflection, (dy, dx), dims=(-2, -1))
         r = b * gaussian_blur(ghost, 5, rng.uniform(0.5, 1.5))
     else:
-        size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
-        r = b * gaussian_blur(reflection, size, rng.uniform(*settings.blur_sigma))
+        r = b * random_blur(reflection, settings.blur_sigma, rng)
     if kind in (1, 3):
         blended = (transmission + r).clamp(0, 1)
         return blended, transmission, blended - transmission
