@@ -102,8 +102,13 @@ def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .losses import LossWeights
     from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
+
+    if not 0 <= args.real_fraction <= 1:
+        raise SystemExit("--real-fraction must lie in [0, 1]")
+    real_l1_t, real_l1_r, real_gradient = args.real_loss
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -114,6 +119,8 @@ def _train(args: argparse.Namespace) -> int:
                                     transmission_gain=tuple(args.transmission_gain),
                                     blur_sigma=tuple(args.reflection_blur),
                                     model_probabilities=mix_probabilities(args.mix)),
+        real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
+        loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     Trainer(settings).run()
@@ -137,6 +144,7 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .losses import LossWeights
     from .pipeline import DEFAULT_MAX_PIXELS
     from .synthesis import SynthesisSettings
 
@@ -166,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folders of natural photos to synthesise pairs from")
     train.add_argument("--validation", default=f"{natural}/bsds500/test",
                        help="folder of photos for fixed synthetic validation pairs")
+    train.add_argument("--real", nargs="*", default=[],
+                       help="folders of real pairs (blended/, transmission_layer/), e.g. "
+                            "../shared/data/real_train/zhang_real82; dmdnet.real_pairs.VALIDATION_PAIRS "
+                            "are held out to score checkpoints (best/ keeps the best)")
+    train.add_argument("--real-fraction", type=float, default=0.5,
+                       help="share of each batch drawn from the real pairs")
+    train.add_argument("--real-loss", type=float, nargs=3, metavar=("L1_T", "L1_R", "GRADIENT"),
+                       default=(LossWeights.real_l1_t, LossWeights.real_l1_r, LossWeights.real_gradient),
+                       help="weights of the T L1, R L1 (against clip(I - T)) and T gradient losses "
+                            "on real pairs")
     train.add_argument("--preset", choices=["lite", "released"], default="lite")
     train.add_argument("--depth", help="MiDaS file, for the released preset")
     train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "

@@ -22,14 +22,18 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, scales: int = 3) -> torch.Tensor:
-    """Mean L1 distance of horizontal and vertical gradients over `scales` halvings."""
-    total = prediction.new_zeros(())
+    """Per-sample (B,) mean L1 distance of horizontal and vertical gradients over `scales` halvings."""
+    total = prediction.new_zeros(prediction.shape[0])
     for scale in range(scales):
         if scale:
             prediction, target = F.avg_pool2d(prediction, 2), F.avg_pool2d(target, 2)
         for p, t in zip(image_gradients(prediction), image_gradients(target)):
-            total = total + (p - t).abs().mean()
+            total = total + (p - t).abs().flatten(1).mean(1)
     return total / scales
+
+
+def l1_per_sample(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction - target).abs().flatten(1).mean(1)
 
 
 def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -109,7 +113,9 @@ def _memory_read_losses(read: MemoryRead) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Reference weights; `gradient` replaces the VGG term (see module docstring)."""
+    """Reference weights; `gradient` replaces the VGG term (see module docstring). The
+    `real_*` weights replace `l1_t`, `l1_r`, `gradient` on real pairs, whose R target is only
+    an estimate (`dmdnet.real_pairs.reflection_estimate`)."""
 
     l1_t: float = 1.0
     l1_r: float = 1.0
@@ -120,22 +126,35 @@ class LossWeights:
     align_r: float = 0.05
     triplet_t: float = 0.1
     triplet_r: float = 0.05
+    real_l1_t: float = 1.0
+    real_l1_r: float = 1.0
+    real_gradient: float = 0.5
 
 
 def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_target: torch.Tensor,
-                    observer: TrainingObserver, weights: LossWeights = LossWeights()
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total training loss and its named parts (for logging)."""
+                    observer: TrainingObserver, weights: LossWeights = LossWeights(),
+                    real: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total training loss and its named parts (for logging). `real` (B,) marks the
+    samples of a batch that are real pairs; their layer losses are weighted by `real_*` and
+    also logged on their own (`real_l1_t`, ...)."""
+    real = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device) if real is None else real.to(t.device)
+    layer_terms = {"l1_t": l1_per_sample(t, t_target), "l1_r": l1_per_sample(r, r_target),
+                   "gradient": gradient_loss(t, t_target)}
     align_t, triplet_t = observer.memory_losses("T")
     align_r, triplet_r = observer.memory_losses("R")
-    parts = {
-        "l1_t": (weights.l1_t, F.l1_loss(t, t_target)),
-        "l1_r": (weights.l1_r, F.l1_loss(r, r_target)),
-        "gradient": (weights.gradient, gradient_loss(t, t_target)),
+    parts = {name: (1.0, torch.where(real, getattr(weights, f"real_{name}"), getattr(weights, name))
+                    .to(per_sample.dtype).mul(per_sample).mean())
+             for name, per_sample in layer_terms.items()}
+    parts.update({
         "balance_t": (weights.balance_t, observer.balance_loss("T")),
         "balance_r": (weights.balance_r, observer.balance_loss("R")),
         "align_t": (weights.align_t, align_t), "align_r": (weights.align_r, align_r),
         "triplet_t": (weights.triplet_t, triplet_t), "triplet_r": (weights.triplet_r, triplet_r),
-    }
+    })
     total = sum(weight * value for weight, value in parts.values())
-    return total, {name: float(value.detach()) for name, (_, value) in parts.items()}
+    logged = {name: float(value.detach()) for name, (_, value) in parts.items()}
+    for kind, mask in (("synthetic", ~real), ("real", real)):
+        if mask.any() and real.any():
+            logged.update({f"{kind}_{name}": float(values[mask].mean().detach())
+                           for name, values in layer_terms.items()})
+    return total, logged

@@ -1,8 +1,10 @@
-"""Training DMDNet (spec section 9) on synthetic pairs, resumable, in the released file formats.
+"""Training DMDNet (spec section 9) on synthetic and real pairs, resumable, in the released file formats.
 
 `python -m dmdnet train --out checkpoints/lite` trains DMDNet-Lite with its own
 proximity estimator; `--preset released --depth dpt_next_vit_large_384.pt` trains
-the authors' configuration with MiDaS frozen, as they did.
+the authors' configuration with MiDaS frozen, as they did. `--real DIR` mixes real pairs
+into every batch and holds `dmdnet.real_pairs.VALIDATION_PAIRS` out of training: the
+checkpoint that scores best on them is kept in `best/`.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from .config import DMDNetConfig
 from .depth import MidasDPT
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
+from .pipeline import pad_to_multiple
 from .proximity import ProximityEstimator
 from .evaluation import batch_psnr
+from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
 from .synthesis import PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
 
 PRESETS = {"lite": DMDNetConfig.lite, "released": DMDNetConfig.released}
 MODEL_NAME, MEMORY_NAME, STATE_NAME = "model_latest.pt", "memory_banks_latest.pt", "training_state.pt"
+BEST_FOLDER = "best"
 
 
 @dataclass
@@ -43,6 +48,13 @@ class TrainSettings:
     batch: int = 4
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     """How training pairs are synthesised (validation pairs keep the defaults)."""
+    real: list[Path] = field(default_factory=list)
+    """Folders of real pairs (`blended/`, `transmission_layer/`)."""
+    real_fraction: float = 0.5
+    """Share of each batch drawn from the real pairs (when there are any)."""
+    real_validation: tuple[str, ...] = VALIDATION_PAIRS
+    """Real pairs (`<folder>/<stem>`) never trained on; they score checkpoints."""
+    loss: LossWeights = field(default_factory=LossWeights)
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -92,6 +104,21 @@ def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, .
     return {"psnr_t": batch_psnr(prediction, t_targets), "psnr_identity": batch_psnr(inputs, t_targets)}
 
 
+@torch.no_grad()
+def validate_real(model: DMDNet, depth_model: nn.Module,
+                  images: list[tuple[str, torch.Tensor, torch.Tensor]], device) -> dict:
+    """Mean transmission PSNR of the model and of the identity on the real validation pairs,
+    and the model's score per pair."""
+    scores = {}
+    for name, image, target in images:
+        padded = pad_to_multiple(image.to(device), model.config.pad_multiple)
+        prediction = model(padded, depth_model(padded))[0][..., :image.shape[-2], :image.shape[-1]]
+        scores[name] = (batch_psnr(prediction.cpu(), target), batch_psnr(image, target))
+    return {"psnr_t": sum(s[0] for s in scores.values()) / len(scores),
+            "psnr_identity": sum(s[1] for s in scores.values()) / len(scores),
+            "per_pair": {name: round(s[0], 3) for name, s in scores.items()}}
+
+
 class Trainer:
     """Owns the models, optimiser and data of one training run in `settings.out`."""
 
@@ -105,6 +132,8 @@ class Trainer:
             list(self.depth_model.parameters()) if self.trains_depth else [])
         self.optimizer = torch.optim.Adam(params, lr=settings.lr)
         self.step = 0
+        self.best: dict | None = None
+        """The best real-validation score so far and its step (kept in `best/`)."""
         self.out = Path(settings.out)
         if (self.out / MODEL_NAME).is_file():
             self._resume()
@@ -118,6 +147,11 @@ class Trainer:
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)
+        train_pairs, held_out = split_validation(real_pairs(settings.real), settings.real_validation)
+        self.real_sampler = (RealPairSampler(train_pairs, settings.patch, settings.seed + self.step + 1)
+                             if settings.real and settings.real_fraction > 0 else None)
+        self.real_validation = validation_images(held_out, short_side_range(settings.patch)[1],
+                                                 self.model.config.pad_multiple)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -130,6 +164,7 @@ class Trainer:
             self.depth_model.load_state_dict(extra["proximity_estimator"])
         state = read_checkpoint(self.out / STATE_NAME, "training state")
         self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state.get("best")
         self.step = int(extra.get("iterations", 0))
 
     def _warm_start(self, model_path: Path) -> None:
@@ -138,24 +173,39 @@ class Trainer:
         tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
                    + "".join(f"\n  {name}" for name in skipped))
 
-    def save(self) -> None:
+    def save_weights(self, folder: Path) -> None:
+        """The model and memory-bank files (released formats) of the current weights."""
         extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
                  "trained_short_side": short_side_range(self.settings.patch)[1]}
         if self.trains_depth:
             extra["proximity_estimator"] = {k: v.detach().cpu() for k, v in self.depth_model.state_dict().items()}
-        save_dmdnet_checkpoint(self.model, self.out / MODEL_NAME, self.out / MEMORY_NAME, **extra)
-        torch.save({"optimizer": self.optimizer.state_dict(), "settings": json.loads(
+        folder.mkdir(parents=True, exist_ok=True)
+        save_dmdnet_checkpoint(self.model, folder / MODEL_NAME, folder / MEMORY_NAME, **extra)
+
+    def save(self) -> None:
+        self.save_weights(self.out)
+        torch.save({"optimizer": self.optimizer.state_dict(), "best": self.best, "settings": json.loads(
             json.dumps(asdict(self.settings), default=str))}, self.out / STATE_NAME)
 
+    def sample(self) -> tuple[torch.Tensor, ...]:
+        """A batch (input, T, R, real mask): `real_fraction` of it real pairs, the rest synthetic."""
+        size = self.settings.batch
+        real = round(size * self.settings.real_fraction) if self.real_sampler else 0
+        parts = ([self.sampler.sample(size - real)] if real < size else []) + (
+            [self.real_sampler.sample(real)] if real else [])
+        mask = torch.arange(size) >= size - real
+        return (*(torch.cat(tensors) for tensors in zip(*parts)), mask)
+
     def train_step(self, batch: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
-        """One optimiser step on `batch` (input, T, R), or on a fresh synthetic batch."""
+        """One optimiser step on `batch` (input, T, R[, real mask]), or on a fresh batch."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.settings)
-        batch = batch if batch is not None else self.sampler.sample(self.settings.batch)
-        inputs, t_target, r_target = (x.to(self.device) for x in batch)
+        batch = batch if batch is not None else self.sample()
+        inputs, t_target, r_target = (x.to(self.device) for x in batch[:3])
+        real = batch[3] if len(batch) > 3 else None
         observer = TrainingObserver()
         t, r = self.model(inputs, self.depth_model(inputs), observer)
-        loss, parts = separation_loss(t, r, t_target, r_target, observer, LossWeights())
+        loss, parts = separation_loss(t, r, t_target, r_target, observer, self.settings.loss, real)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
@@ -165,25 +215,43 @@ class Trainer:
         self.step += 1
         return {"loss": float(loss.detach()), **parts}
 
+    def validate(self) -> dict:
+        """Scores on the synthetic and real validation pairs; keeps the best real score's weights."""
+        self.model.eval(), self.depth_model.eval()
+        scores = {}
+        if self.validation is not None:
+            scores["validation"] = validate(self.model, self.depth_model, self.validation, self.device)
+        if self.real_validation:
+            scores["real_validation"] = validate_real(self.model, self.depth_model, self.real_validation,
+                                                      self.device)
+        self._train_mode()
+        real = scores.get("real_validation")
+        if real and (self.best is None or real["psnr_t"] > self.best["psnr_t"]):
+            self.best = {"step": self.step, "psnr_t": real["psnr_t"]}
+            self.save_weights(self.out / BEST_FOLDER)
+        return scores
+
     def log(self, record: dict) -> None:
         with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps({"step": self.step, **record}) + "\n")
 
     def run(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        self.log({"event": "start", "real_training": self.real_sampler.names if self.real_sampler else [],
+                  "real_validation": [name for name, *_ in self.real_validation]})
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
         bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step")
         while self.step < self.settings.steps and time.monotonic() < deadline:
             parts = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}")
-            if self.validation is not None and self.step % self.settings.validate_every == 0:
-                self.model.eval(), self.depth_model.eval()
-                scores = validate(self.model, self.depth_model, self.validation, self.device)
-                self._train_mode()
-                self.log({"train": parts, "validation": scores})
-                bar.write(f"step {self.step}: validation T-PSNR {scores['psnr_t']:.2f} dB "
-                          f"(identity {scores['psnr_identity']:.2f} dB)")
+            if self.step % self.settings.validate_every == 0 and (self.validation is not None
+                                                                  or self.real_validation):
+                scores = self.validate()
+                self.log({"train": parts, **scores})
+                bar.write(f"step {self.step}: " + "; ".join(
+                    f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f} dB)"
+                    for kind, s in scores.items()))
             if self.step % self.settings.save_every == 0:
                 self.save()
         bar.close()
