@@ -20,6 +20,12 @@ def collect_images(paths: list[str]) -> list[Path]:
     return found
 
 
+BENCHMARK_SETS = tuple(f"../shared/data/{name}" for name in (
+    "real/sir2_solid", "real/sir2_wild", "real/locationaware_sirr", "synthetic/ceilnet_table2"))
+"""What `evaluate` scores by default: SIR^2 Solid and Wild (the field's real benchmark), the
+real Location-aware SIRR test pairs and CEILNet's synthetic test set."""
+
+
 def add_weight_options(parser: argparse.ArgumentParser) -> None:
     """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
@@ -73,6 +79,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .evaluation import evaluate_dataset, to_255, write_tables
 
+    missing = [name for name in args.datasets if not (Path(name) / "blended").is_dir()]
+    if missing:
+        print("error: not a dataset folder (no blended/ inside): " + ", ".join(missing), file=sys.stderr)
+        return 2
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
                              dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale)
@@ -160,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     separate.set_defaults(run=_separate)
 
     evaluate = commands.add_parser("evaluate", help="PSNR/SSIM against ground truth, model and identity")
-    evaluate.add_argument("datasets", nargs="+",
-                          help="folders with blended/, transmission_layer/ and optionally reflection_layer/")
+    evaluate.add_argument("datasets", nargs="*", default=list(BENCHMARK_SETS),
+                          help="folders with blended/, transmission_layer/ and optionally reflection_layer/ "
+                               "(default: the benchmark, " + ", ".join(BENCHMARK_SETS) + ")")
     evaluate.add_argument("--out", default="results/evaluation", help="folder for the CSV and Markdown tables")
     add_weight_options(evaluate)
     evaluate.set_defaults(run=_evaluate)

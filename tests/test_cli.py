@@ -1,8 +1,9 @@
-"""`python -m dmdnet separate` end to end in a subprocess."""
+"""`python -m dmdnet separate`, `evaluate` and `average` end to end in a subprocess."""
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -55,3 +56,59 @@ def test_average_command_writes_run_files_or_explains(tmp_path, lite_checkpoints
     run = subprocess.run(command[:4] + [str(run_folder), str(tmp_path / "empty"), "--out", str(tmp_path / "x")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "DMDNet model file not found" in run.stderr and "Traceback" not in run.stderr
+
+
+def _write_pairs(root, stems, suffix, layers):
+    rng = np.random.default_rng(len(stems))
+    for layer in ("blended", *layers):
+        (root / layer).mkdir(parents=True)
+    for stem in stems:
+        for layer in ("blended", *layers):
+            image = rng.integers(0, 255, (40, 54, 3), np.uint8)
+            Image.fromarray(image).save(root / layer / f"{stem}{suffix}")
+
+
+def test_evaluate_reads_every_benchmark_layout(tmp_path, lite_checkpoints):
+    """SIR^2 (jpg triplets), Location-aware SIRR (png, T only, two blended without T) and CEILNet
+    (png triplets) in one command; each set's rows count only the images with ground truth."""
+    _write_pairs(tmp_path / "sir2_like", ["1_focus_1", "2"], ".jpg", ["transmission_layer", "reflection_layer"])
+    _write_pairs(tmp_path / "locationaware_like", ["000001", "000002"], ".png", ["transmission_layer"])
+    _write_pairs(tmp_path / "no_truth", ["000004", "000005"], ".png", [])
+    for stem in ("000004", "000005"):
+        (tmp_path / "no_truth" / "blended" / f"{stem}.png").rename(
+            tmp_path / "locationaware_like" / "blended" / f"{stem}.png")
+    _write_pairs(tmp_path / "ceilnet_like", ["2007_1", "2007_2", "2007_3"], ".png",
+                 ["transmission_layer", "reflection_layer"])
+    out = tmp_path / "scores"
+    command = [sys.executable, "-m", "dmdnet", "evaluate", *(str(tmp_path / name) for name in (
+        "sir2_like", "locationaware_like", "ceilnet_like")), "--out", str(out),
+        "--model", str(lite_checkpoints["model"]), "--memory", str(lite_checkpoints["memory"]), "--device", "cpu"]
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    import csv
+    with open(out / "summary.csv") as handle:
+        counts = {(row["dataset"], row["method"], row["layer"]): int(row["images"]) for row in csv.DictReader(handle)}
+    assert counts == {
+        ("sir2_like", "model", "T"): 2, ("sir2_like", "identity", "T"): 2, ("sir2_like", "model", "R"): 2,
+        ("locationaware_like", "model", "T"): 2, ("locationaware_like", "identity", "T"): 2,
+        ("ceilnet_like", "model", "T"): 3, ("ceilnet_like", "identity", "T"): 3, ("ceilnet_like", "model", "R"): 3}
+
+    run = subprocess.run(command[:4] + [str(tmp_path / "no_such_set")] + command[7:], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "no_such_set" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_evaluate_defaults_to_the_benchmark_sets():
+    from conftest import SHARED
+    from dmdnet.cli import BENCHMARK_SETS, build_parser
+    from dmdnet.evaluation import dataset_pairs
+
+    args = build_parser().parse_args(["evaluate"])
+    assert [Path(name).name for name in args.datasets] == [
+        "sir2_solid", "sir2_wild", "locationaware_sirr", "ceilnet_table2"]
+    expected = {"sir2_solid": 200, "sir2_wild": 101, "locationaware_sirr": 8, "ceilnet_table2": 100}
+    for name in BENCHMARK_SETS:
+        folder = SHARED / Path(name).relative_to("../shared")
+        if folder.is_dir():
+            scored = [p for p in dataset_pairs(folder) if p.transmission is not None]
+            assert len(scored) == expected[folder.name], folder
