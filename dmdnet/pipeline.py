@@ -126,6 +126,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A --device value -> a device this machine can use (None: `default_device()`).
+
+    Raises ValueError with a one-line reason for an unknown or unavailable device, so the
+    CLI and app can refuse it before any weights load."""
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # AssertionError: torch built without that backend
+        reason = (str(error).splitlines() or [""])[0]
+        raise ValueError(f"--device {name} cannot be used here ({reason})") from None
+    return device
+
+
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """torch.float32 or "float32"/"fp32"/"float64"/... -> torch dtype."""
     if isinstance(dtype, torch.dtype):
