@@ -2,7 +2,7 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
-                  [--native-scale]
+                  [--native-scale] [--max-queue N]
 
 A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
 writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
@@ -31,14 +31,13 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import torch
 from PIL import Image
 
 import dmdnet
 from dmdnet import viz
-from dmdnet.cli import add_weight_options
-from dmdnet.images import image_files
-from dmdnet.pipeline import DEFAULT_MAX_PIXELS, default_device, working_size
+from dmdnet.cli import add_weight_options, positive_int
+from dmdnet.images import frame_count, image_files
+from dmdnet.pipeline import DEFAULT_MAX_PIXELS, resolve_device, working_size
 from dmdnet.runs import Run, RunNotFound, RunStore
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -46,6 +45,7 @@ RUNS = RunStore(Path(tempfile.gettempdir()) / "dmdnet_runs")
 CPU_MAX_PIXELS = 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
 QUEUE_SIZE = 16
+"""Default of --max-queue: requests waiting beyond it are answered "queue full" (clients retry)."""
 PAPER_URL = "https://arxiv.org/abs/2601.00322"
 CODE_URL = "https://github.com/fashyon/DMDNet"
 STREAMS = [("T · regional", "T"), ("R · global", "R")]
@@ -93,11 +93,16 @@ def refuse(message: str, title: str) -> gr.Error:
 
 
 def uploaded_file(image: dict | None) -> tuple[Path, str]:
-    """The uploaded file and its original name; refuses missing, unreadable and huge images."""
+    """The uploaded file and its original name; refuses missing, unreadable and huge images, and
+    paths outside Gradio's upload folder (with `preprocess=False` Gradio does not check a bare
+    {"path": ...} from an API client, which would let it name any file on the server)."""
     path = (image or {}).get("path")
     if not path:
         raise refuse("No image yet: upload a photo, paste one, take one with the webcam "
                      "or click an example.", "No image")
+    if not Path(path).resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        raise refuse("The image has to be uploaded: this demo does not read files named by a path on "
+                     "the server (with gradio_client, pass handle_file(\"photo.jpg\")).", "Not an upload")
     name = Path(image.get("orig_name") or path).name
     limit = f"{MAX_UPLOAD_PIXELS // 1_000_000} MP"
     try:
@@ -108,8 +113,8 @@ def uploaded_file(image: dict | None) -> tuple[Path, str]:
     except Image.DecompressionBombError:
         raise refuse(f"{name} is far larger than the {limit} this demo accepts.", "Image too large") from None
     except (OSError, ValueError, SyntaxError):
-        raise refuse(f"{name} is not an image this demo can read: use a PNG, JPEG, WebP, TIFF "
-                     "or BMP file.", "Not an image") from None
+        raise refuse(f"{name} is not an image this demo can read: use a PNG, JPEG, WebP, TIFF, "
+                     "BMP or GIF file.", "Not an image") from None
     if width * height > MAX_UPLOAD_PIXELS:
         raise refuse(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP); this demo accepts "
                      f"up to {limit}. Please downscale it.", "Image too large")
@@ -125,7 +130,8 @@ def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple
         result = run_network(str(path))
         seconds = time.perf_counter() - started
         progress(0.9, desc="Drawing the figures")
-        run = RUNS.save(result, name, seconds, weights=PIPELINE.weights.label, device=str(PIPELINE.device))
+        run = RUNS.save(result, name, seconds, weights=PIPELINE.weights.label, device=str(PIPELINE.device),
+                        frames=frame_count(path))
     except dmdnet.InvalidImageError as error:
         raise refuse(str(error).replace(str(path), name), "Unreadable image") from None
     except Exception as error:
@@ -168,6 +174,8 @@ def show_layers(run_id: str, alpha: float) -> tuple:
     if info["processed"] != info["input"]:
         size += f" (run at {info['processed']['width']}x{info['processed']['height']})"
     line = f"Separated **{info['source']}**, {size}, in {info['seconds']:.1f} s on {info['device']}."
+    if info.get("frames", 1) > 1:
+        line += f" It has {info['frames']} frames: the first was separated."
     return ((run.file("input_preview"), run.file("transmission_preview")),
             (run.file("input_preview"), run.file("reflection_preview")),
             viz.remix(*run.layers, alpha), line)
@@ -268,8 +276,9 @@ API_HELP = """
 `/separate` takes one image and returns, in order: the **transmission** PNG and the
 **reflection** PNG at the input's full resolution, the colour-mapped **depth** map, the
 **scan order** of every level (T and R streams), the **MECM gate** heatmap, and a JSON
-**summary** (input and processed sizes, seconds, weights, device, the gate coefficients of
-every MECM call, and the server-side `run` id).
+**summary** (input and processed sizes, seconds, weights, device, `frames`: of an animated
+GIF the first frame is separated, the gate coefficients of every MECM call, and the
+server-side `run` id).
 
 ```python
 from gradio_client import Client, handle_file
@@ -279,7 +288,9 @@ transmission, reflection, depth, scan_order, gates, summary = client.predict(
     handle_file("photo.jpg"), api_name="/separate")
 print(transmission, summary["seconds"])
 ```
-Invalid files are refused with a message (`gradio_client.exceptions.AppError`).
+Invalid files, and paths on the server in place of an upload, are refused with a message
+(`gradio_client.exceptions.AppError`). When too many requests wait, the answer is
+`gradio_client.utils.QueueError` ("Queue is full"): wait a few seconds and retry.
 """
 
 CSS = """
@@ -398,9 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--max-pixels", type=int,
+    parser.add_argument("--max-pixels", type=positive_int,
                         help=f"larger photos run downscaled (default: {CPU_MAX_PIXELS:,} on CPU, "
                              f"{DEFAULT_MAX_PIXELS:,} on GPU)")
+    parser.add_argument("--max-queue", type=positive_int, default=QUEUE_SIZE,
+                        help="requests that may wait for the network; beyond it clients get "
+                             f"\"queue full\" and should retry (default {QUEUE_SIZE})")
     add_weight_options(parser)
     return parser
 
@@ -411,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     try:
-        device = torch.device(args.device) if args.device else default_device()
+        device = resolve_device(args.device)
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
         PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
                                         dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
@@ -422,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("loaded %s on %s", PIPELINE.weights.label, PIPELINE.device)
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(PIPELINE)}"))
     demo = build_demo(PIPELINE)
-    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    # show_error: Gradio's own refusals (a file that was not uploaded, a payload that is not a
+    # file) reach the client as their message instead of an empty error; every error of ours
+    # is already a gr.Error with a message.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="100mb",
+                show_error=True,
                 theme=gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), css=CSS)
     return 0
 

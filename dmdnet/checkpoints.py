@@ -8,8 +8,12 @@ in one `CheckpointError` naming the file and what is wrong.
 from __future__ import annotations
 
 import functools
+import io
+import mmap
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -130,24 +134,96 @@ def ours_to_official(state_dict: Mapping[str, torch.Tensor],
     return {names.get(key, key): value for key, value in state_dict.items()}
 
 
-def read_checkpoint(path: str | Path, what: str) -> object:
-    """torch.load with weights_only=True; every failure becomes a CheckpointError naming the file."""
+_NOT_A_CHECKPOINT = "is not a PyTorch checkpoint"
+
+
+def _parsed_pickle(stream: io.BufferedIOBase | mmap.mmap) -> list | None:
+    """The opcodes of the next pickle in `stream` (parsed, nothing run); None when they do not
+    parse (an unknown opcode, or the data ends before STOP)."""
+    try:
+        return list(pickletools.genops(stream))
+    except (ValueError, EOFError):
+        return None
+
+
+def _zip_problem(path: Path) -> str | None:
+    """What torch.save's zip format needs: an intact archive with a parseable data.pkl, no code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name.rpartition("/")[2] for name in archive.namelist()]
+            if "constants.pkl" in names or any("/code/" in name for name in archive.namelist()):
+                return "is a TorchScript archive, which holds code; refused (give a state-dict file)"
+            if "data.pkl" not in names:
+                return f"is a zip archive without a data.pkl: it {_NOT_A_CHECKPOINT}"
+            data = archive.read(archive.namelist()[names.index("data.pkl")])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError):
+        return "is truncated or corrupt (its zip archive is damaged)"
+    return "is truncated or corrupt (its data.pkl does not parse)" if _parsed_pickle(io.BytesIO(data)) is None else None
+
+
+def _legacy_problem(file: mmap.mmap) -> str | None:
+    """The pre-1.6 format: pickles of the magic number, protocol, system info, object and storage
+    keys, then the raw storages."""
+    magic = _parsed_pickle(file)
+    if magic is None:
+        return _NOT_A_CHECKPOINT
+    if [arg for opcode, arg, _ in magic if opcode.name not in ("PROTO", "STOP")] != [torch.serialization.MAGIC_NUMBER]:
+        return f"is a Python pickle that torch.save did not write: it {_NOT_A_CHECKPOINT} (not loaded)"
+    if any(_parsed_pickle(file) is None for _ in range(4)):
+        return "is truncated or corrupt (its pickles end early or do not parse)"
+    return None
+
+
+def _structure_problem(path: Path) -> str | None:
+    if zipfile.is_zipfile(path):
+        return _zip_problem(path)
+    with path.open("rb") as file:
+        head = file.read(4)
+        if head.startswith(b"PK"):
+            return "is truncated or corrupt (an incomplete zip archive)"
+        if head[:1] != b"\x80":  # every torch.save pickle starts with a protocol opcode
+            return _NOT_A_CHECKPOINT
+        # A memory map reads past the end as short, where a file would first allocate the
+        # (garbage) length an opcode claims.
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _legacy_problem(mapped)
+
+
+def checkpoint_problem(path: str | Path, what: str) -> str | None:
+    """What is wrong with `path` as a torch.save file, judged from the file alone (missing, empty,
+    the zip archive, the pickle opcodes, which are parsed, never run): a message naming the
+    file, or None when it looks like a checkpoint. Cheap: no tensor data is read."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} file not found: {path}")
+        return f"{what} file not found: {path}"
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{what} file is empty: {path}")
+        return f"{what} file is empty: {path}"
+    try:
+        problem = _structure_problem(path)
+    except OSError as error:
+        problem = f"could not be read ({error})"
+    return problem and f"{what} file {path} {problem}"
+
+
+def read_checkpoint(path: str | Path, what: str) -> object:
+    """torch.load with weights_only=True; every failure becomes a CheckpointError naming the file.
+
+    The file's structure is checked first (`checkpoint_problem`), so when torch's weights-only
+    unpickler still refuses a well-formed file (pickle.UnpicklingError), what it refuses is
+    what the file holds: objects other than tensors and plain values.
+    """
+    problem = checkpoint_problem(path, what)
+    if problem:
+        raise CheckpointError(problem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
-            raise CheckpointError(f"{what} file {path} holds objects other than tensors and plain "
-                                  "values; refused (files are loaded with weights_only=True)") from None
-        raise CheckpointError(f"{what} file {path} could not be read (corrupt, or not a "
-                              f"PyTorch checkpoint): {error}") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{what} file {path} holds objects other than tensors and plain "
+                              "values; refused (files are loaded with weights_only=True)") from None
     except Exception as error:
-        raise CheckpointError(f"{what} file {path} could not be read (truncated, corrupt, or not "
-                              f"a PyTorch checkpoint): {type(error).__name__}: {error}") from None
+        reason = (str(error).splitlines() or [""])[0]
+        raise CheckpointError(f"{what} file {path} could not be read (corrupt): "
+                              f"{type(error).__name__}: {reason}") from None
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

@@ -2,22 +2,92 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .images import image_files
 
+LAYER_FOLDERS = ("transmission_layer", "reflection_layer")
+
+
+class UsageError(Exception):
+    """A bad argument: `main` prints the message as one line and exits with status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (with a pointer to --help), not usage plus error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
 
 def collect_images(paths: list[str]) -> list[Path]:
-    """Files as given plus the image files inside given folders (sorted, not recursive)."""
-    found = []
+    """Files as given plus the image files inside given folders (sorted, not recursive), each
+    file once. Raises UsageError naming every path that does not exist."""
+    missing = [name for name in paths if not Path(name).exists()]
+    if missing:
+        raise UsageError("not found: " + ", ".join(missing))
+    found: dict[Path, Path] = {}
     for name in paths:
         path = Path(name)
-        if path.is_dir():
-            found += image_files(path)
-        else:
-            found.append(path)
-    return found
+        for file in image_files(path) if path.is_dir() else [path]:
+            found.setdefault(file.resolve(), file)
+    if not found:
+        raise UsageError("no images found in: " + " ".join(paths))
+    return list(found.values())
+
+
+def output_names(images: list[Path]) -> list[str]:
+    """One distinct output name (without suffix) per input, compared case-insensitively.
+
+    An input's name is its stem; inputs whose stems clash (photo.jpg and photo.png, or
+    a/photo.jpg and b/photo.jpg) are named by their path from the clashing files' common
+    folder, "/" written as "_", suffix kept: photo.jpg, photo.png, a_photo.jpg. A name that
+    still clashes (an input named photo.jpg.png beside those) gets -2, -3, ...
+    """
+    resolved = [path.resolve() for path in images]
+    names = [path.stem for path in resolved]
+    by_stem: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        by_stem.setdefault(name.casefold(), []).append(index)
+    for clash in (group for group in by_stem.values() if len(group) > 1):
+        common = Path(os.path.commonpath([resolved[index].parent for index in clash]))
+        for index in clash:
+            names[index] = "_".join(resolved[index].relative_to(common).parts)
+    taken: set[str] = set()
+    for index, name in enumerate(names):
+        unique, number = name, 1
+        while unique.casefold() in taken:
+            number += 1
+            unique = f"{name}-{number}"
+        taken.add(unique.casefold())
+        names[index] = unique
+    return names
+
+
+def prepare_output(out: Path) -> None:
+    """Creates the layer folders under --out before any work, so a bad --out fails at once."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    for folder in (out / layer for layer in LAYER_FOLDERS):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--out {out}: cannot create {folder} ({error.strerror or error})") from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--out {out}: {folder} is not writable")
 
 
 BENCHMARK_SETS = tuple(f"../shared/data/{name}" for name in (
@@ -43,33 +113,46 @@ def _separate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
-    from .images import InvalidImageError, save_png
+    from .images import InvalidImageError, frame_count, save_png
+    from .pipeline import resolve_device
 
     images = collect_images(args.paths)
-    if not images:
-        print("no images found in: " + " ".join(args.paths), file=sys.stderr)
-        return 2
+    names = output_names(images)
+    out = Path(args.out)
     try:
-        pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    prepare_output(out)
+    try:
+        pipe = load_pipeline(args.model, args.memory, args.depth, device=device,
                              dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=args.max_pixels,
                              native_scale=args.native_scale)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    failed = 0
-    for path in tqdm(images, desc="separating", unit="image"):
+        raise UsageError(str(error)) from None
+    written = 0
+    for path, name in zip(tqdm(images, desc="separating", unit="image"), names):
         try:
             result = pipe.separate(path)
+            frames = frame_count(path)
         except InvalidImageError as error:
             tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
-            failed += 1
             continue
-        save_png(result.transmission, out / "transmission_layer" / f"{path.stem}.png")
-        save_png(result.reflection, out / "reflection_layer" / f"{path.stem}.png")
-    print(f"wrote {len(images) - failed} of {len(images)} images to {out}/transmission_layer "
+        try:
+            for layer, tensor in zip(LAYER_FOLDERS, (result.transmission, result.reflection)):
+                save_png(tensor, out / layer / f"{name}.png")
+        except OSError as error:
+            tqdm.write(f"error: could not write {out / layer / name}.png ({error.strerror or error}); "
+                       "stopped", file=sys.stderr)
+            break
+        written += 1
+        if name != path.stem:
+            tqdm.write(f"{path}: written as {name}.png (another input is also named {path.stem})")
+        if frames > 1:
+            tqdm.write(f"{path}: has {frames} frames; the first was separated")
+    print(f"wrote {written} of {len(images)} images to {out}/transmission_layer "
           f"and {out}/reflection_layer ({pipe.weights.label}, {pipe.device}, {pipe.dtype})")
-    return 1 if failed else 0
+    return 0 if written == len(images) else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -158,12 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MAX_PIXELS
     from .synthesis import SynthesisSettings
 
-    parser = argparse.ArgumentParser(prog="dmdnet", description=__doc__)
+    parser = OneLineParser(prog="dmdnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     separate = commands.add_parser("separate", help="split photos into transmission and reflection PNGs")
     separate.add_argument("paths", nargs="+", help="image files and/or folders of images")
-    separate.add_argument("--out", required=True, help="output folder")
-    separate.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    separate.add_argument("--out", required=True,
+                          help="output folder: OUT/transmission_layer/NAME.png and OUT/reflection_layer/NAME.png")
+    separate.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                           help="larger photos run downscaled and come back at full size "
                                f"(default {DEFAULT_MAX_PIXELS:,})")
     add_weight_options(separate)
@@ -229,4 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

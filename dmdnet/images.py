@@ -2,20 +2,31 @@
 
 Accepts files (EXIF orientation respected), PIL images of any mode, numpy arrays
 (uint8, uint16, bool, float) and torch tensors. Alpha is composited over white;
-grayscale is repeated to RGB; 16-bit data keeps its precision.
+grayscale is repeated to RGB; 16-bit data keeps its precision (16-bit colour PNGs,
+which Pillow reads at 8 bits, are decoded by torchvision). Float data is read on the
+scale its maximum implies: [0, 1], 0-255 or 0-65535. Of a file with several frames
+(animated GIF, WebP or PNG, multi-page TIFF) the first is used; `frame_count` says.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+"""What a folder scan picks up: the formats Pillow reads that photos come in."""
+
+FLOAT_SCALES = (1.0, 255.0, 65535.0)
+FLOAT_SCALE_TOLERANCE = 0.25
+"""A float image whose maximum is up to 25 % over a scale's top (resampling overshoot) is
+read on that scale; everything below 1.25 on the 0-255 scale would be black anyway."""
 
 MAX_FILE_PIXELS = 200_000_000
 """Refuse to decode larger images (decompression bombs); the pipeline downsizes big photos anyway."""
@@ -30,9 +41,10 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Opens an image file fully, applying its EXIF orientation."""
-    path = Path(path)
+@contextlib.contextmanager
+def _checked_open(path: Path) -> Iterator[Image.Image]:
+    """Image.open with the checks every file gets (exists, at most MAX_FILE_PIXELS); any
+    failure to read it, inside the `with` block too, becomes an InvalidImageError."""
     if not path.is_file():
         raise InvalidImageError(f"image file not found: {path}")
     try:
@@ -40,12 +52,65 @@ def open_image(path: str | Path) -> Image.Image:
             if image.width * image.height > MAX_FILE_PIXELS:
                 raise InvalidImageError(f"{path.name} is {image.width}x{image.height}: "
                                         f"over {MAX_FILE_PIXELS:,} pixels")
-            image.load()
-            return ImageOps.exif_transpose(image)
+            yield image
     except InvalidImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidImageError(f"{path.name} is not a readable image ({error})") from None
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Opens an image file fully (its first frame), applying its EXIF orientation."""
+    with _checked_open(Path(path)) as image:
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames (animation frames, TIFF pages) an image file holds; the first is separated."""
+    with _checked_open(Path(path)) as image:
+        return getattr(image, "n_frames", 1)
+
+
+def _is_16_bit_colour_png(path: Path) -> bool:
+    """From the PNG header: 16 bits per sample and colour or alpha (Pillow reads those at 8 bits)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(26)
+    except OSError:
+        return False  # open_image reports it
+    return (header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+            and header[24] == 16 and header[25] in (2, 4, 6))
+
+
+_EXIF_TURNS = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1),
+}
+"""EXIF orientation -> the array operation `ImageOps.exif_transpose` applies to an image."""
+
+
+def _read_16_bit_colour_png(path: Path) -> np.ndarray:
+    """(H, W, C) uint16 through torchvision's libpng decoder, EXIF orientation applied."""
+    from torchvision.io import ImageReadMode, decode_png, read_file
+
+    with _checked_open(path) as image:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        decoded = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
+    except RuntimeError as error:
+        raise InvalidImageError(f"{path.name} is not a readable image ({error})") from None
+    array = decoded.permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(_EXIF_TURNS.get(orientation, lambda a: a)(array))
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """An image file -> a numpy image that keeps its bit depth (first frame, EXIF orientation applied)."""
+    path = Path(path)
+    if _is_16_bit_colour_png(path):
+        return _read_16_bit_colour_png(path)
+    return _pil_to_array(open_image(path))
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
@@ -74,18 +139,32 @@ def _array_to_unit(array: np.ndarray) -> np.ndarray:
     elif array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
     elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise InvalidImageError("the image array holds NaN or infinite values")
-        array = np.clip(array.astype(np.float32), 0.0, 1.0)
+        array = _float_to_unit(array)
     else:
         raise InvalidImageError(f"unsupported image array dtype {array.dtype} "
-                                "(use uint8, uint16, bool or float in [0, 1])")
+                                "(use uint8, uint16, bool or float)")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise InvalidImageError(f"unsupported image array shape {array.shape} "
                                 "(use (H, W), (H, W, 1), (H, W, 3) or (H, W, 4))")
     return array
+
+
+def _float_to_unit(array: np.ndarray) -> np.ndarray:
+    """Float image -> float32 in [0, 1], on the scale (FLOAT_SCALES) its maximum implies;
+    data on none of them (or well below 0) is refused rather than clipped into a wrong picture."""
+    if not np.isfinite(array).all():
+        raise InvalidImageError("the image array holds NaN or infinite values")
+    peak, low = float(array.max(initial=0.0)), float(array.min(initial=0.0))
+    scale = next((s for s in FLOAT_SCALES if peak <= s * (1 + FLOAT_SCALE_TOLERANCE)), None)
+    if scale is None:
+        raise InvalidImageError(f"the float image reaches {peak:g}: expected values in [0, 1], "
+                                "0-255 or 0-65535")
+    if low < -FLOAT_SCALE_TOLERANCE * scale:
+        raise InvalidImageError(f"the float image holds values down to {low:g}: expected values in "
+                                f"[0, {scale:g}]")
+    return np.clip(array.astype(np.float32) / np.float32(scale), 0.0, 1.0)
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:
@@ -126,7 +205,7 @@ def to_tensor(image: ImageInput) -> torch.Tensor:
         tensor = _tensor_to_batch(image)
     else:
         if isinstance(image, (str, Path)):
-            image = open_image(image)
+            image = read_image_file(image)
         if isinstance(image, Image.Image):
             image = _pil_to_array(image)
         if not isinstance(image, np.ndarray):

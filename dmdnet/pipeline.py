@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import (CheckpointError, config_from_checkpoint, load_dmdnet_weights, load_memory_banks,
-                          load_midas_weights, load_proximity_estimator, read_checkpoint)
+from .checkpoints import (CheckpointError, checkpoint_problem, config_from_checkpoint, load_dmdnet_weights,
+                          load_memory_banks, load_midas_weights, load_proximity_estimator, read_checkpoint)
 from .config import DMDNetConfig
 from .depth import MidasDPT
 from .diagnostics import Diagnostics
@@ -126,6 +126,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A --device value -> a device this machine can use (None: `default_device()`).
+
+    Raises ValueError with a one-line reason for an unknown or unavailable device, so the
+    CLI and app can refuse it before any weights load."""
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # AssertionError: torch built without that backend
+        reason = (str(error).splitlines() or [""])[0]
+        raise ValueError(f"--device {name} cannot be used here ({reason})") from None
+    return device
+
+
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """torch.float32 or "float32"/"fp32"/"float64"/... -> torch dtype."""
     if isinstance(dtype, torch.dtype):
@@ -177,23 +193,33 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
     variable, the authors' folder layout, then `hub_repo`). With none of the authors'
     files anywhere, the project's own DMDNet-Lite weights shipped in `weights/` load.
     A model file that carries its own "config" and "proximity_estimator" (DMDNet-Lite)
-    needs no MiDaS file. Any problem with a file raises `CheckpointError` naming it.
+    needs no MiDaS file. Any problem with a file raises `CheckpointError` naming it; files that
+    are missing or not checkpoints at all are reported together, in one message.
     Photos whose short side exceeds the one the weights were trained at (recorded as
     "trained_short_side" in the model file) run at that scale unless `native_scale`.
     """
-    paths = {spec: find_weight_file(spec, explicit, hub_repo)
-             for spec, explicit in ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))}
-    if all(path is None for path in paths.values()):
+    roles = ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))
+    paths, problems = {}, {}
+    for spec, explicit in roles:
+        try:
+            paths[spec] = find_weight_file(spec, explicit, hub_repo)
+        except CheckpointError as error:
+            problems[spec] = str(error)
+    if not problems and all(path is None for path in paths.values()):
         if not DEFAULT_WEIGHTS[MODEL_FILE].is_file():
             raise CheckpointError(
                 "no weights found: give the authors' files (paths, DMDNET_MODEL/DMDNET_MEMORY/"
                 f"DMDNET_DEPTH, or the {MODEL_FILE.seed_path} layout), or restore the project's "
                 f"default weights at {DEFAULT_WEIGHTS[MODEL_FILE].parent}")
         paths = {**DEFAULT_WEIGHTS, DEPTH_FILE: None}
-    for spec in (MODEL_FILE, MEMORY_FILE):
-        if paths[spec] is None:
-            raise CheckpointError(f"no {spec.role} file found (pass a path, set {spec.env_var}, "
-                                  f"or place it at {spec.seed_path})")
+    for spec, path in paths.items():
+        if path is not None:
+            problems[spec] = checkpoint_problem(path, spec.role)
+        elif spec is not DEPTH_FILE:
+            problems[spec] = (f"no {spec.role} file found (pass a path, set {spec.env_var}, "
+                              f"or place it at {spec.seed_path})")
+    if any(problems.values()):
+        raise CheckpointError("; ".join(problems[spec] for spec, _ in roles if problems.get(spec)))
     checkpoint = read_checkpoint(paths[MODEL_FILE], MODEL_FILE.role)
     config = config_from_checkpoint(checkpoint, paths[MODEL_FILE])
     build = _lite_pipeline_parts if (isinstance(checkpoint, dict) and "proximity_estimator" in checkpoint) \

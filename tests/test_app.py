@@ -6,6 +6,7 @@ Images stay tiny (<= 64 px): the released model takes seconds per image on a CPU
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
 from PIL import Image
 
 import app
@@ -27,6 +29,8 @@ from dmdnet.runs import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300
+SERVER_QUEUE = 4
+"""The test server's --max-queue: small enough to fill, larger than any other test's burst."""
 _SERVER: dict = {}
 
 
@@ -56,7 +60,7 @@ def start_app(checkpoints: dict, tmp_path_factory, config) -> SimpleNamespace:
     log = open(home / "server.log", "w")
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
                "--model", str(checkpoints["model"]), "--memory", str(checkpoints["memory"]),
-               "--depth", str(checkpoints["depth"]), "--device", "cpu"]
+               "--depth", str(checkpoints["depth"]), "--device", "cpu", "--max-queue", str(SERVER_QUEUE)]
     process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop() -> None:
@@ -96,6 +100,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
     rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
     paths = {name: folder / f"{name}.png" for name in
              ("rgb", "tiny", "sixteen_bit", "rgba", "gray", "text", "truncated", "empty")}
+    paths["animated"] = folder / "animated.gif"
+    frames = [Image.fromarray(rgb[:24, :30] // (index + 1)) for index in range(3)]
+    frames[0].save(paths["animated"], save_all=True, append_images=frames[1:])
     Image.fromarray(rgb).save(paths["rgb"])
     Image.fromarray(rgb[:1, :1]).save(paths["tiny"])
     Image.fromarray((rng.random((36, 44)) * 65535).astype(np.uint16)).save(paths["sixteen_bit"])
@@ -116,11 +123,15 @@ def images(tmp_path_factory) -> dict[str, Path]:
 def test_parser_defaults_leave_host_and_port_to_gradio_environment():
     args = app.build_parser().parse_args([])
     assert args.host is None and args.port is None and not args.share  # GRADIO_SERVER_NAME/PORT apply
-    assert not args.native_scale
+    assert not args.native_scale and args.max_queue == app.QUEUE_SIZE
     args = app.build_parser().parse_args(["--host", "0.0.0.0", "--port", "7870", "--share", "--device", "cpu",
-                                          "--model", "m.pt", "--max-pixels", "1000", "--native-scale"])
-    assert (args.host, args.port, args.share, args.device, args.model, args.max_pixels, args.native_scale) == (
-        "0.0.0.0", 7870, True, "cpu", "m.pt", 1000, True)
+                                          "--model", "m.pt", "--max-pixels", "1000", "--native-scale",
+                                          "--max-queue", "3"])
+    assert (args.host, args.port, args.share, args.device, args.model, args.max_pixels, args.native_scale,
+            args.max_queue) == ("0.0.0.0", 7870, True, "cpu", "m.pt", 1000, True, 3)
+    for bad in (["--max-queue", "0"], ["--max-pixels", "-5"]):
+        with pytest.raises(SystemExit):
+            app.build_parser().parse_args(bad)
 
 
 def test_main_reports_missing_weights_without_traceback(tmp_path, capsys):
@@ -141,11 +152,21 @@ def test_gpu_seconds_grow_with_image_size(tmp_path, monkeypatch):
     assert seconds[0] < app.gpu_seconds(str(tmp_path / "3000.png")) < seconds[1]  # runs at 384x256
 
 
-def test_uploaded_file_refusals(images):
+def test_main_refuses_a_device_it_cannot_use(capsys):
+    assert app.main(["--device", "no-such-device"]) == 2
+    assert "--device no-such-device cannot be used" in capsys.readouterr().err
+
+
+def test_uploaded_file_refusals(images, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(images["rgb"].parent))  # Gradio's upload folder
     with pytest.raises(app.gr.Error, match="No image"):
         app.uploaded_file(None)
-    with pytest.raises(app.gr.Error, match="not an image"):
+    with pytest.raises(app.gr.Error, match="not an image .*TIFF, BMP or GIF file"):
         app.uploaded_file({"path": str(images["text"]), "orig_name": "notes.png"})
+    with pytest.raises(app.gr.Error, match="has to be uploaded"):
+        app.uploaded_file({"path": str(REPO_ROOT / "examples" / "real45_19.png")})
+    with pytest.raises(app.gr.Error, match="has to be uploaded"):
+        app.uploaded_file({"path": str(images["rgb"].parent / ".." / "elsewhere.png")})
     with pytest.raises(app.gr.Error, match="50 MP"):
         app.uploaded_file({"path": str(images["huge"]), "orig_name": "huge.png"})
     assert app.uploaded_file({"path": str(images["rgb"]), "orig_name": "a b.png"})[1] == "a b.png"
@@ -198,6 +219,7 @@ def test_separate_returns_full_size_layers_and_figures(client, images, server):
             assert figure.format == "PNG" and min(figure.size) > 40
     assert summary["input"] == summary["processed"] == {"width": 56, "height": 40}
     assert summary["source"] == "rgb.png" and summary["device"] == "cpu" and summary["seconds"] > 0
+    assert summary["frames"] == 1
     assert len(summary["mecm_gates"]) == 22
     assert all(len(c) == 4 and sum(v > 0 for v in c) == 2 for c in summary["mecm_gates"].values())
     assert (server.runs / summary["run"] / "diagnostics.npz").is_file()
@@ -222,6 +244,55 @@ def test_invalid_images_are_refused_with_a_message(client, images, server, name,
     with pytest.raises(AppError, match=message) as refused:
         client.predict(handle_file(str(images[name])), api_name="/separate")
     assert "Traceback" not in str(refused.value) and str(server.home) not in str(refused.value)
+    assert _answers(server.url)
+
+
+def test_animated_gif_says_its_first_frame_was_used(client, images, server, monkeypatch):
+    transmission, *_, summary = client.predict(handle_file(str(images["animated"])), api_name="/separate")
+    assert summary["frames"] == 3 and summary["source"] == "animated.gif"
+    with Image.open(transmission) as layer:
+        assert layer.size == (30, 24)
+    monkeypatch.setattr(app, "RUNS", RunStore(server.runs))  # the summary line the page shows
+    assert app.show_layers(summary["run"], 0.0)[3].endswith("It has 3 frames: the first was separated.")
+
+
+def _raw_call(url: str, value: object) -> tuple[str, dict]:
+    """POST /gradio_api/call/separate with a hand-made payload; the final event and its data."""
+    request = urllib.request.Request(f"{url}gradio_api/call/separate", json.dumps({"data": [value]}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/separate/{event_id}", timeout=300) as response:
+        lines = response.read().decode().splitlines()
+    event = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")][-1]
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")][-1]
+    return event, json.loads(data)
+
+
+def test_a_path_on_the_server_is_refused_with_a_message(server, images):
+    """A bare {"path": ...} once made the server separate any image file it could read."""
+    server_side = str(images["rgb"])  # outside the server's upload folder
+    event, data = _raw_call(server.url, {"path": server_side})
+    assert event == "error" and "has to be uploaded" in data["error"]
+    event, data = _raw_call(server.url, {"path": server_side, "meta": {"_type": "gradio.FileData"}})
+    assert event == "error" and "not uploaded by a user" in data["error"]
+    event, data = _raw_call(server.url, server_side)
+    assert event == "error" and "valid dictionary" in data["error"]
+    assert _answers(server.url)
+
+
+def test_a_full_queue_answers_queue_error_and_the_rest_complete(client, images, server):
+    """README: beyond --max-queue waiting requests, clients get QueueError and should retry."""
+    jobs = [client.submit(handle_file(str(images["tiny"])), api_name="/separate") for _ in range(SERVER_QUEUE + 4)]
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=600)[5]["input"])
+        except QueueError as error:
+            outcomes.append(str(error))
+    assert "Queue is full! Please try again." in outcomes
+    assert outcomes.count({"width": 1, "height": 1}) >= 1
+    assert set(map(str, outcomes)) <= {"Queue is full! Please try again.", str({"width": 1, "height": 1})}
     assert _answers(server.url)
 
 

@@ -1,13 +1,18 @@
 """Key conversion, weight resolution and every bad-checkpoint path."""
 from __future__ import annotations
 
+import pickle
+import warnings
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 
 import dmdnet
 from dmdnet.checkpoints import (CheckpointError, load_dmdnet_weights, load_memory_banks,
                                 load_midas_weights, official_to_ours, ours_to_official,
-                                save_dmdnet_checkpoint)
+                                read_checkpoint, save_dmdnet_checkpoint)
 from dmdnet.config import DMDNetConfig
 from dmdnet.model import DMDNet
 from dmdnet.weights import MODEL_FILE, find_weight_file
@@ -77,23 +82,89 @@ def test_missing_and_empty_files(tiny_files):
 def test_truncated_and_garbage_files(tiny_files):
     model, folder = tiny_files
     data = (folder / "model.pt").read_bytes()
-    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt could not be read"):
-        load_dmdnet_weights(model, folder / "truncated.pt")
+    for cut in (len(data) // 2, 60):
+        (folder / "truncated.pt").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated.pt is truncated or corrupt"):
+            load_dmdnet_weights(model, folder / "truncated.pt")
     (folder / "text.pt").write_text("this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="text.pt could not be read"):
+    with pytest.raises(CheckpointError, match="text.pt is not a PyTorch checkpoint$"):
         load_dmdnet_weights(model, folder / "text.pt")
+
+
+def test_random_bytes_are_not_a_checkpoint_rather_than_refused(tmp_path):
+    """The message once came from torch's error text, which calls random bytes a refused object."""
+    rng = np.random.default_rng(0)
+    claims_a_huge_length = b"\x80\x04\x8e" + b"\xff" * 8  # BINBYTES8 of 2**64 - 1 bytes
+    for index, data in enumerate([rng.bytes(4000) for _ in range(20)] + [claims_a_huge_length]):
+        path = tmp_path / f"random{index}.pt"
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as refused:
+            read_checkpoint(path, "DMDNet model")
+        assert str(refused.value) == f"DMDNet model file {path} is not a PyTorch checkpoint"
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        archive.writestr("photos/a.txt", "not a checkpoint")
+    with pytest.raises(CheckpointError, match="a zip archive without a data.pkl: it is not a PyTorch"):
+        read_checkpoint(tmp_path / "photos.zip", "DMDNet model")
+
+
+def test_damaged_pickle_inside_an_intact_archive_is_corrupt(tmp_path):
+    torch.save({"a": torch.zeros(2)}, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt") as source, zipfile.ZipFile(tmp_path / "bad.pt", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, data[:len(data) // 2] if item.filename.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError, match="bad.pt is truncated or corrupt \\(its data.pkl does not parse"):
+        read_checkpoint(tmp_path / "bad.pt", "DMDNet model")
 
 
 class NotATensor:
     pass
 
 
+class OpensAFile:
+    """Unpickling this creates `path`: proof that a payload ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 def test_pickled_objects_are_refused(tiny_files):
     model, folder = tiny_files
     torch.save({"network": NotATensor()}, folder / "object.pt")
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="holds objects other than tensors .*refused .*weights_only"):
         load_dmdnet_weights(model, folder / "object.pt")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_code_in_a_checkpoint_is_refused_and_never_runs(tmp_path, legacy):
+    marker = tmp_path / "payload_ran"
+    torch.save({"network": OpensAFile(marker)}, tmp_path / "payload.pt", _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match="payload.pt holds objects other than tensors .*refused"):
+        read_checkpoint(tmp_path / "payload.pt", "DMDNet model")
+    with open(tmp_path / "payload.pkl", "wb") as file:
+        pickle.dump(OpensAFile(marker), file)
+    with pytest.raises(CheckpointError, match="payload.pkl is a Python pickle that torch.save did not write"):
+        read_checkpoint(tmp_path / "payload.pkl", "DMDNet model")
+    assert not marker.exists()
+
+
+def test_torchscript_archives_are_refused(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but such files exist
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    with pytest.raises(CheckpointError, match="scripted.pt is a TorchScript archive, which holds code; refused"):
+        read_checkpoint(tmp_path / "scripted.pt", "DMDNet model")
+
+
+def test_legacy_format_loads_and_its_truncation_is_named(tmp_path):
+    torch.save({"a": torch.arange(3.0)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(tmp_path / "old.pt", "DMDNet model")["a"], torch.arange(3.0))
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "old.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupt"):
+        read_checkpoint(tmp_path / "cut.pt", "DMDNet model")
 
 
 def test_wrong_keys_and_shapes_are_listed(tiny_files):
@@ -184,6 +255,25 @@ def test_load_pipeline_names_what_is_missing(tmp_path, monkeypatch, seeded_check
     with pytest.raises(CheckpointError, match="memory bank file .*does not fit"):
         dmdnet.load_pipeline(model=seeded_checkpoints["model"], memory=seeded_checkpoints["model"],
                              depth=seeded_checkpoints["depth"])
+
+
+def test_load_pipeline_reports_every_bad_file_at_once(tmp_path, monkeypatch):
+    for var in ("DMDNET_MODEL", "DMDNET_MEMORY", "DMDNET_DEPTH", "DMDNET_HUB_REPO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(1).bytes(2000))
+    (tmp_path / "notes.pt").write_text("depth weights go here")
+    with pytest.raises(CheckpointError) as only_model:
+        dmdnet.load_pipeline(model=tmp_path / "random.pt")
+    assert str(only_model.value) == (
+        f"DMDNet model file {tmp_path / 'random.pt'} is not a PyTorch checkpoint; no memory bank file "
+        "found (pass a path, set DMDNET_MEMORY, or place it at checkpoints/DMDNet/memory_banks_latest.pt)")
+    with pytest.raises(CheckpointError) as all_three:
+        dmdnet.load_pipeline(model=tmp_path / "random.pt", memory=tmp_path / "gone.pt", depth=tmp_path / "notes.pt")
+    assert str(all_three.value).split("; ") == [
+        f"DMDNet model file {tmp_path / 'random.pt'} is not a PyTorch checkpoint",
+        f"memory bank file not found: {tmp_path / 'gone.pt'} (from given path)",
+        f"MiDaS depth file {tmp_path / 'notes.pt'} is not a PyTorch checkpoint"]
 
 
 def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_path):

@@ -6,9 +6,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
+from dmdnet.cli import main, output_names
+
+
+def photo(path: Path, seed: int, size: tuple[int, int] = (18, 26)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), np.uint8)).save(path)
+    return path
 
 
 def test_separate_folder_and_file(tmp_path, lite_checkpoints):
@@ -33,6 +41,73 @@ def test_separate_folder_and_file(tmp_path, lite_checkpoints):
                 assert image.size == size and image.mode == "RGB"
 
 
+def test_inputs_sharing_a_name_all_keep_their_results(tmp_path, lite_checkpoints):
+    """The issue's target: a/photo.jpg and b/photo.png used to both write photo.png."""
+    first, second = photo(tmp_path / "a" / "photo.jpg", 0), photo(tmp_path / "b" / "photo.png", 1)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dmdnet", "separate", str(first.parent), str(second.parent),
+               "--out", str(out), "--model", str(lite_checkpoints["model"]),
+               "--memory", str(lite_checkpoints["memory"]), "--device", "cpu"]
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "wrote 2 of 2 images" in run.stdout and "written as a_photo.jpg.png" in run.stdout
+    layers = {layer: sorted(p.name for p in (out / layer).iterdir()) for layer in ("transmission_layer", "reflection_layer")}
+    assert layers == dict.fromkeys(layers, ["a_photo.jpg.png", "b_photo.png.png"])
+    transmissions = [out / "transmission_layer" / name for name in layers["transmission_layer"]]
+    assert transmissions[0].read_bytes() != transmissions[1].read_bytes()  # each from its own input
+
+
+def test_output_names_are_distinct_and_name_their_input(tmp_path):
+    assert output_names([tmp_path / "x.jpg", tmp_path / "y.png"]) == ["x", "y"]
+    assert output_names([tmp_path / "photo.jpg", tmp_path / "Photo.PNG", tmp_path / "other.png"]) == [
+        "photo.jpg", "Photo.PNG", "other"]
+    assert output_names([tmp_path / "a" / "photo.jpg", tmp_path / "b" / "photo.jpg",
+                         tmp_path / "b" / "deeper" / "photo.png"]) == [
+        "a_photo.jpg", "b_photo.jpg", "b_deeper_photo.png"]
+    assert output_names([tmp_path / "photo.jpg", tmp_path / "photo.png", tmp_path / "photo.jpg.png"]) == [
+        "photo.jpg", "photo.png", "photo.jpg-2"]
+
+
+def test_one_folder_with_clashing_names_and_an_animation(tmp_path, lite_checkpoints, capsys):
+    folder = tmp_path / "photos"
+    photo(folder / "photo.jpg", 0)
+    photo(folder / "photo.png", 1)
+    frames = [Image.new("RGB", (12, 10), colour) for colour in ("red", "blue")]
+    frames[0].save(folder / "moving.gif", save_all=True, append_images=frames[1:])
+    code = main(["separate", str(folder), str(folder / "photo.png"), "--out", str(tmp_path / "out"),
+                 "--model", str(lite_checkpoints["model"]), "--memory", str(lite_checkpoints["memory"]),
+                 "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "wrote 3 of 3 images" in printed  # photo.png named twice is one input
+    assert "moving.gif: has 2 frames; the first was separated" in printed
+    assert sorted(p.name for p in (tmp_path / "out" / "transmission_layer").iterdir()) == [
+        "moving.png", "photo.jpg.png", "photo.png.png"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{tmp}/nope.jpg", "{tmp}", "{tmp}/gone", "--out", "{tmp}/o"], "not found: {tmp}/nope.jpg, {tmp}/gone"),
+    (["{tmp}", "--out", "{tmp}/x.png"], "--out {tmp}/x.png is a file, not a folder"),
+    (["{tmp}", "--out", "{tmp}/x.png/sub"], "cannot create {tmp}/x.png/sub/transmission_layer"),
+    (["{tmp}", "--out", "{tmp}/o", "--device", "no-such-device"], "--device no-such-device cannot be used"),
+])
+def test_bad_arguments_are_one_line_before_any_weights_load(tmp_path, capsys, arguments, message):
+    """--model names a missing file: a check that ran after the weights would report that instead."""
+    photo(tmp_path / "x.png", 0)
+    arguments = [a.format(tmp=tmp_path) for a in arguments] + ["--model", str(tmp_path / "missing.pt")]
+    assert main(["separate", *arguments]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: ") and message.format(tmp=tmp_path) in printed.err
+    assert printed.err.count("\n") == 1 and "missing.pt" not in printed.err and not printed.out
+
+
+def test_argparse_errors_are_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "dmdnet", "separate", str(tmp_path), "--out", str(tmp_path / "o"),
+                          "--max-pixels", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == ["dmdnet separate: error: argument --max-pixels: expected a whole "
+                                       "number of at least 1, got '0' (see dmdnet separate --help)"]
+
+
 def test_missing_weights_message(tmp_path):
     run = subprocess.run([sys.executable, "-m", "dmdnet", "separate", str(tmp_path), "--out",
                           str(tmp_path / "o"), "--model", str(tmp_path / "none.pt")],
@@ -45,6 +120,12 @@ def test_missing_weights_message(tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert "DMDNet model file not found" in run.stderr and "Traceback" not in run.stderr
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(3000))
+    run = subprocess.run([sys.executable, "-m", "dmdnet", "separate", str(tmp_path / "x.png"), "--out",
+                          str(tmp_path / "o"), "--model", str(tmp_path / "random.pt")],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "random.pt is not a PyTorch checkpoint; no memory bank file found" in run.stderr
 
 
 def test_average_command_writes_run_files_or_explains(tmp_path, lite_checkpoints):

@@ -1,12 +1,35 @@
 """Input conversion: files, PIL modes, numpy and tensors, and the bad inputs."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from dmdnet.images import InvalidImageError, save_png, to_tensor, to_uint8
+from dmdnet.images import (InvalidImageError, frame_count, image_files, read_image_file, save_png, to_tensor,
+                           to_uint8)
+
+
+def png_16_bit(samples: np.ndarray, orientation: int | None = None) -> bytes:
+    """A 16-bit PNG of (H, W, C) uint16 samples, written by hand (Pillow cannot write colour at 16
+    bits); `orientation` adds an eXIf chunk."""
+    height, width, channels = samples.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    chunks = [chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        chunks.append(chunk(b"eXIf", exif.tobytes().removeprefix(b"Exif\x00\x00")))
+    chunks += [chunk(b"IDAT", zlib.compress(rows)), chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
 def test_rgb_file_round_trip(tmp_path):
@@ -50,6 +73,54 @@ def test_sixteen_bit_png_keeps_precision(tmp_path):
     expected = torch.from_numpy(data.astype(np.float32) / 65535)
     assert torch.allclose(tensor[0, 0], expected)
     assert torch.allclose(to_tensor(data)[0, 2], expected)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_sixteen_bit_colour_png_keeps_precision(tmp_path, channels):
+    """Pillow reads 16-bit colour PNGs at 8 bits; the file's full samples must come through."""
+    samples = np.random.default_rng(channels).integers(0, 65536, (6, 9, channels)).astype(np.uint16)
+    (tmp_path / "deep.png").write_bytes(png_16_bit(samples))
+    assert np.array_equal(read_image_file(tmp_path / "deep.png"), samples)
+    tensor = to_tensor(tmp_path / "deep.png")
+    assert torch.allclose(tensor, to_tensor(samples)) and tensor.shape == (1, 3, 6, 9)
+    assert not np.array_equal(to_tensor(samples).numpy(), to_tensor(samples >> 8 << 8).numpy())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_png_orientation_matches_pillow(tmp_path, orientation):
+    samples = np.random.default_rng(orientation).integers(0, 65536, (4, 7, 3)).astype(np.uint16)
+    path = tmp_path / "turned.png"
+    path.write_bytes(png_16_bit(samples, orientation))
+    with Image.open(path) as image:
+        pillow = np.asarray(ImageOps.exif_transpose(image))  # 8 bits: the high byte of each sample
+    assert np.array_equal(read_image_file(path) >> 8, pillow)
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0, 65535.0])
+def test_float_tiff_is_read_on_its_own_scale(tmp_path, scale):
+    values = np.random.default_rng(0).random((5, 6)).astype(np.float32)
+    values[0, 0] = 1.0
+    Image.fromarray(values * np.float32(scale), "F").save(tmp_path / "float.tif")
+    tensor = to_tensor(tmp_path / "float.tif")
+    assert torch.allclose(tensor[0, 0], torch.from_numpy(values), atol=1e-6)
+    assert torch.allclose(to_tensor(values.astype(np.float64) * scale)[0, 1], torch.from_numpy(values), atol=1e-6)
+
+
+def test_float_data_on_no_known_scale_is_refused():
+    assert torch.allclose(to_tensor(np.full((2, 2), 1.1))[0, 0], torch.ones(2, 2))  # overshoot of [0, 1]
+    with pytest.raises(InvalidImageError, match="reaches 90000"):
+        to_tensor(np.full((2, 2), 90000.0))
+    with pytest.raises(InvalidImageError, match="down to -1"):
+        to_tensor(np.array([[-1.0, 1.0]]))
+
+
+def test_animated_gif_first_frame_and_folder_scan(tmp_path):
+    frames = [Image.new("RGB", (5, 4), colour) for colour in ("red", "lime", "blue")]
+    frames[0].save(tmp_path / "moving.GIF", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (5, 4)).save(tmp_path / "still.gif")
+    assert frame_count(tmp_path / "moving.GIF") == 3 and frame_count(tmp_path / "still.gif") == 1
+    assert image_files(tmp_path) == [tmp_path / "moving.GIF", tmp_path / "still.gif"]
+    assert torch.allclose(to_tensor(tmp_path / "moving.GIF")[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
 
 
 def test_exif_orientation_is_applied(tmp_path):
