@@ -164,14 +164,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     missing = [name for name in args.datasets if not (Path(name) / "blended").is_dir()]
     if missing:
-        print("error: not a dataset folder (no blended/ inside): " + ", ".join(missing), file=sys.stderr)
-        return 2
+        raise UsageError("not a dataset folder (no blended/ inside): " + ", ".join(missing))
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
                              dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
 
     def separate(path: Path):
         result = pipe.separate(path)
@@ -200,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training import Trainer, TrainSettings
 
     if not 0 <= args.real_fraction <= 1:
-        raise SystemExit("--real-fraction must lie in [0, 1]")
+        raise UsageError("--real-fraction must lie in [0, 1]")
     real_l1_t, real_l1_r, real_gradient = args.real_loss
 
     settings = TrainSettings(
