@@ -88,9 +88,11 @@ def _show(axes: Axes, array: np.ndarray, box: tuple[float, float, float, float],
     return axes.imshow(array, extent=(left, left + width, top + height, top), aspect="auto", **style)
 
 
-def _caption(axes: Axes, box: tuple[float, float, float, float], text: str, fontsize: float = 9) -> None:
-    """A line of text centred above a pixel box."""
-    axes.text(box[0] + box[2] / 2, box[1] - 4, text, ha="center", va="bottom", fontsize=fontsize)
+def _caption(axes: Axes, box: tuple[float, float, float, float], text: str, below: bool = False) -> None:
+    """A line of text centred above (or below) a pixel box."""
+    left, top, width, height = box
+    axes.text(left + width / 2, top + height + 4 if below else top - 4, text, ha="center",
+              va="top" if below else "bottom", fontsize=10)
 
 
 def _colorbar(figure: Figure, image: AxesImage, box: tuple[float, float, float, float], label: str,
@@ -104,8 +106,8 @@ def _colorbar(figure: Figure, image: AxesImage, box: tuple[float, float, float, 
                           orientation="horizontal" if width > height else "vertical")
     if tick_labels:
         bar.set_ticklabels(tick_labels)
-    bar.ax.tick_params(labelsize=8, length=2, pad=2)
-    bar.set_label(label, fontsize=9, labelpad=2)
+    bar.ax.tick_params(labelsize=9, length=2, pad=2)
+    bar.set_label(label, fontsize=10, labelpad=2)
     bar.outline.set_linewidth(0.5)
 
 
@@ -143,7 +145,7 @@ def depth_figure(depth: np.ndarray, max_side: int = 384) -> Image.Image:
     between its 2nd and 98th percentiles, beside a far/near colour bar. The map's longer
     side is `max_side` pixels."""
     width, height = _map_box(depth.shape, max_side)
-    figure, axes = _canvas(MAP_LEFT + width + 54, MAP_TOP + height + 6)
+    figure, axes = _canvas(MAP_LEFT + width + 62, MAP_TOP + height + 6)
     box = (MAP_LEFT, MAP_TOP, width, height)
     low, high = percentile_range(depth)
     image = _show(axes, depth, box, cmap=_cmap("depth"), vmin=low, vmax=high, interpolation="antialiased")
@@ -347,7 +349,7 @@ def scan_animation(view: ScanView, processed_size: tuple[int, int], frames: int 
     figure, axes = _canvas(width + 8, height + 26)
     box = (4, 22, width, height)
     image = _draw_scan(axes, position, outlines, box, line_width=1.0)
-    title = axes.text(4 + width / 2, 18, "", ha="center", va="bottom", fontsize=9)
+    title = axes.text(4 + width / 2, 18, "", ha="center", va="bottom", fontsize=10)
     pictures = []
     for frame in range(1, frames + 1):
         reached = frame / frames
@@ -412,23 +414,23 @@ def expert_figure(view: ExpertView, processed_size: tuple[int, int], tile: int =
     if not high > low:
         low, high = low - 0.5, low + 0.5
     width, height = _map_box(next(iter(maps.values())).shape, tile) if maps else (tile, tile)
-    gap, top = 10, 22
-    figure, axes = _canvas(len(view.coefficients) * (width + gap) - gap + 8, top + height + 60)
+    gap, top = 10, 6
+    figure, axes = _canvas(len(view.coefficients) * (width + gap) - gap + 8, top + height + 80)
     image = None
     for expert, coefficient in enumerate(view.coefficients):
         box = (4 + expert * (width + gap), top, width, height)
         if expert in maps:
             image = _show(axes, maps[expert], box, cmap=_cmap("depth"), vmin=low, vmax=high,
                           interpolation="nearest")
-            _caption(axes, box, f"expert {expert + 1} · gate {coefficient:.2f}", fontsize=10)
+            _caption(axes, box, f"expert {expert + 1} · gate {coefficient:.2f}", below=True)
         else:
             axes.add_patch(Rectangle(box[:2], width, height, color=NOT_SELECTED))
             axes.text(box[0] + width / 2, top + height / 2, "not selected", ha="center", va="center",
                       fontsize=10, color=MUTED)
-            _caption(axes, box, f"expert {expert + 1} · gate 0", fontsize=10)
+            _caption(axes, box, f"expert {expert + 1} · gate 0", below=True)
     if image is not None:
-        bar_width = min(360, figure.bbox.width - 8)
-        _colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, top + height + 10, bar_width, 12),
+        bar_width = min(360, figure.bbox.width - 40)
+        _colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, top + height + 30, bar_width, 12),
                   "mean |gate × expert output| per pixel (shared scale)")
     return _render(figure)
 
@@ -443,7 +445,7 @@ def gate_heatmap(coefficients: np.ndarray, row_labels: list[str], cell: tuple[in
         raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
     left, top = 112, 24
     box = (left, top, columns * cell[0], rows * cell[1])
-    figure, axes = _canvas(left + box[2] + 8, top + box[3] + 56)
+    figure, axes = _canvas(left + box[2] + 18, top + box[3] + 60)
     image = _show(axes, coefficients, box, cmap=_cmap("gate"), vmin=0.0, vmax=1.0, interpolation="nearest")
     axes.hlines(top + np.arange(rows + 1) * cell[1], left, left + box[2], colors="white", linewidth=1.5)
     axes.vlines(left + np.arange(columns + 1) * cell[0], top, top + box[3], colors="white", linewidth=1.5)

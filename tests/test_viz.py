@@ -66,7 +66,7 @@ def test_percentile_range_and_constant_map():
 def test_depth_figure_near_end_is_the_colormaps_top_colour():
     depth = np.tile(np.linspace(0.0, 5.0, 40), (30, 1))  # larger = nearer: the right edge is nearest
     figure = viz.depth_figure(depth, max_side=200)
-    assert figure.size == (viz.MAP_LEFT + 200 + 54, viz.MAP_TOP + 150 + 6)
+    assert figure.size == (viz.MAP_LEFT + 200 + 62, viz.MAP_TOP + 150 + 6)
     picture = _map_area(figure, 200, 150)
     np.testing.assert_array_equal(picture[75, -1], _top_colour("depth", 1.0))
     np.testing.assert_array_equal(picture[75, 0], _top_colour("depth", 0.0))
@@ -217,8 +217,10 @@ def test_views_from_diagnostics_round_trip_through_npz(tmp_path):
 def test_expert_figure_has_one_tile_per_expert():
     view = viz.expert_views(_diagnostics())[1]  # level 1, 8x10 maps; experts 1 and 3 selected
     figure = np.asarray(viz.expert_figure(view, (8, 10), tile=60))
-    assert figure.shape[:2] == (22 + 48 + 60, 4 * 60 + 3 * 10 + 8)
-    tiles = [figure[22:22 + 48, 4 + i * 70:4 + i * 70 + 60] for i in range(4)]
+    assert figure.shape[:2] == (6 + 48 + 80, 4 * 60 + 3 * 10 + 8)
+    tiles = [figure[6:6 + 48, 4 + i * 70:4 + i * 70 + 60] for i in range(4)]
+    assert all((figure[6 + 48 + 4:6 + 48 + 20, 4 + i * 70:4 + i * 70 + 60] < 128).any() for i in range(4)), \
+        "every tile is captioned below"
     grey = np.array(matplotlib.colors.to_rgb(viz.NOT_SELECTED)) * 255
     unselected = [(np.abs(t.astype(int) - grey).max(axis=-1) <= 1).mean() for t in tiles]
     assert unselected[1] > 0.5 and unselected[3] > 0.5
