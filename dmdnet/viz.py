@@ -369,30 +369,32 @@ def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 90,
 
 def scan_overview(views: list[ScanView], processed_size: tuple[int, int], tile: int = 150) -> Image.Image:
     """The main branch's first-block scans in a grid, streams T (regional) and R (global)
-    as rows by level as columns, each map's longer side `tile` pixels, above one
-    first/last colour bar."""
+    as rows by level as columns (captioned underneath), each map's longer side `tile`
+    pixels, above one first/last colour bar."""
     chosen = {(v.stream, v.level): v for v in views if v.branch == "main" and v.block == 0}
     levels = sorted({level for _, level in chosen})
     streams = [s for s in ("T", "R") if any((s, level) in chosen for level in levels)]
     maps = {key: _scan_map(view, processed_size) for key, view in chosen.items()}
     width, height = _map_box(next(iter(maps.values()))[0].shape, tile) if maps else (tile, tile)
-    left, top, gap = 24, 22, 8
-    grid_bottom = top + len(streams) * (height + gap)
-    figure, axes = _canvas(left + len(levels) * (width + gap), grid_bottom + 52)
+    left, top, gap = 24, 6, 8
+    grid_bottom = top + len(streams) * (height + gap) - gap
+    figure, axes = _canvas(left + len(levels) * (width + gap), grid_bottom + 76)
     image = None
     for (stream, level), (position, outlines) in maps.items():
-        row, column = streams.index(stream), levels.index(level)
-        box = (left + column * (width + gap), top + row * (height + gap), width, height)
+        box = (left + levels.index(level) * (width + gap), top + streams.index(stream) * (height + gap),
+               width, height)
         image = _draw_scan(axes, position, outlines, box, line_width=0.8)
-        if row == 0:
-            _caption(axes, box, f"level {level} ({position.shape[1]}x{position.shape[0]})")
+    for column, level in enumerate(levels):
+        cells = next(position.shape for (_, scanned), (position, _) in maps.items() if scanned == level)
+        _caption(axes, (left + column * (width + gap), grid_bottom - height, width, height),
+                 f"level {level} ({cells[1]}x{cells[0]})", below=True)
     for row, stream in enumerate(streams):
         axes.text(left - 6, top + row * (height + gap) + height / 2,
                   "T · regional" if stream == "T" else "R · global", fontsize=10, rotation=90,
                   ha="right", va="center")
     if image is not None:
         bar_width = min(320, figure.bbox.width - 2 * left)
-        _scan_colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, grid_bottom + 4, bar_width, 12))
+        _scan_colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, grid_bottom + 28, bar_width, 12))
     return _render(figure)
 
 

@@ -272,8 +272,8 @@ def test_gate_heatmap_rows_columns_and_annotations():
 def test_scan_overview_grid_and_remix():
     scans = viz.scan_views(_diagnostics())  # levels 1 and 2, streams T and R, 8x10 and 4x5 maps
     overview = np.asarray(viz.scan_overview(scans, (8, 10), tile=50))
-    assert overview.shape[:2] == (22 + 2 * (40 + 8) + 52, 24 + 2 * (50 + 8))
-    tiles = {(row, column): overview[22 + row * 48: 22 + row * 48 + 40, 24 + column * 58: 24 + column * 58 + 50]
+    assert overview.shape[:2] == (6 + 2 * 40 + 8 + 76, 24 + 2 * (50 + 8))
+    tiles = {(row, column): overview[6 + row * 48: 6 + row * 48 + 40, 24 + column * 58: 24 + column * 58 + 50]
              for row in range(2) for column in range(2)}
     by_key = {(v.stream, v.level): v for v in scans}
     for (row, column), tile in tiles.items():
@@ -283,7 +283,8 @@ def test_scan_overview_grid_and_remix():
                        np.arange(shape[1]) * 50 // shape[1] + 50 // shape[1] // 2]
         rank = viz.scan_rank(view.order, shape) / (view.order.size - 1)
         np.testing.assert_array_equal(centres, viz.colormap(rank, "order"))
-    assert (overview[:22, 24:74] < 128).any() and (overview[22:62, :20] < 128).any(), "labels are missing"
+    assert (overview[6 + 88 + 4:6 + 88 + 20, 24:74] < 128).any(), "level captions under the grid are missing"
+    assert (overview[6:46, :20] < 128).any(), "stream labels left of the grid are missing"
     t = np.full((2, 2, 3), 0.25, np.float32)
     r = np.full((2, 2, 3), 0.5, np.float32)
     np.testing.assert_array_equal(viz.remix(t, r, 0.0), 64)
