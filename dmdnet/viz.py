@@ -350,10 +350,11 @@ def scan_animation(view: ScanView, processed_size: tuple[int, int], frames: int 
     box = (4, 22, width, height)
     image = _draw_scan(axes, position, outlines, box, line_width=1.0)
     title = axes.text(4 + width / 2, 18, "", ha="center", va="bottom", fontsize=10)
+    rank = np.rint(position * max(view.order.size - 1, 1))
     pictures = []
     for frame in range(1, frames + 1):
         reached = frame / frames
-        image.set_data(np.where(position <= reached + 1e-9, position, 2.0))
+        image.set_data(np.where(rank < round(reached * view.order.size), position, 2.0))
         title.set_text(f"L{view.level} {view.stream} {view.kind}: {reached:.0%} scanned")
         pictures.append(_render(figure))
     return pictures
