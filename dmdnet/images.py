@@ -28,6 +28,9 @@ FLOAT_SCALE_TOLERANCE = 0.25
 """A float image whose maximum is up to 25 % over a scale's top (resampling overshoot) is
 read on that scale; everything below 1.25 on the 0-255 scale would be black anyway."""
 
+PNG_COMPRESS_LEVEL = 3
+"""zlib level of the PNGs we write: on photos as small as at Pillow's default 6, in under half the time."""
+
 MAX_FILE_PIXELS = 200_000_000
 """Refuse to decode larger images (decompression bombs); the pipeline downsizes big photos anyway."""
 
@@ -226,4 +229,4 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
 def save_png(tensor: torch.Tensor, path: str | Path) -> None:
     """Writes a layer as an 8-bit PNG (clamped to [0, 1], like the reference's test.py)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(tensor)).save(path)
+    Image.fromarray(to_uint8(tensor)).save(path, compress_level=PNG_COMPRESS_LEVEL)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import viz
-from .images import save_png, to_uint8
+from .images import PNG_COMPRESS_LEVEL, save_png, to_uint8
 from .pipeline import SeparationResult
 
 RUN_ID = re.compile(r"run-[0-9a-f]{32}")
@@ -75,10 +75,10 @@ class Run:
         return path
 
 
-def _preview(tensor: torch.Tensor) -> Image.Image:
+def _save_preview(tensor: torch.Tensor, path: Path) -> None:
     image = Image.fromarray(to_uint8(tensor))
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    return image
+    image.save(path, compress_level=PNG_COMPRESS_LEVEL)
 
 
 @functools.lru_cache(maxsize=8)
@@ -110,15 +110,20 @@ class RunStore:
                  "diagnostics": "diagnostics.npz"}
         save_png(result.transmission, folder / files["transmission"])
         save_png(result.reflection, folder / files["reflection"])
-        for key, tensor in (("input", result.image), ("transmission", result.transmission),
-                            ("reflection", result.reflection)):
-            _preview(tensor).save(folder / files[f"{key}_preview"])
+        _save_preview(result.image, folder / files["input_preview"])
+        for key in ("transmission", "reflection"):
+            if max(result.image.shape[-2:]) <= PREVIEW_SIDE:  # the layer itself is its preview
+                files[f"{key}_preview"] = files[key]
+            else:
+                _save_preview(getattr(result, key), folder / files[f"{key}_preview"])
         scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
         np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
-        viz.depth_figure(result.depth[0, 0].float().numpy()).save(folder / files["depth"])
-        viz.scan_overview(scans, result.processed_size).save(folder / files["scan_order"])
-        viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
-                         [e.label for e in experts]).save(folder / files["gates"])
+        figures = {"depth": viz.depth_figure(result.depth[0, 0].float().numpy()),
+                   "scan_order": viz.scan_overview(scans, result.processed_size),
+                   "gates": viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
+                                             [e.label for e in experts])}
+        for key, figure in figures.items():
+            figure.save(folder / files[key], compress_level=PNG_COMPRESS_LEVEL)
         height, width = result.image.shape[-2:]
         info = {
             "source": name,
@@ -131,7 +136,7 @@ class RunStore:
             "files": files,
         }
         (folder / "info.json").write_text(json.dumps(info, indent=1))
-        return self.load(run_id)
+        return Run(folder, info, scans, experts)
 
     def load(self, run_id: object) -> Run:
         """The run `run_id` names (ids come from browsers, so they are checked); marks it as

@@ -1,10 +1,14 @@
-"""Figures for the demo: colour maps, legends, depth, DAScan orders and MECM expert maps.
+"""Figures for the demo, drawn with matplotlib: depth, DAScan orders, MECM experts and gates.
 
-Everything here is a pure function of numpy arrays (and PIL images), so the figures
-are testable without the network. `scan_views` / `expert_views` turn a forward
-pass's `Diagnostics` into the plain per-record arrays the figures take, and
-`views_to_arrays` / `views_from_arrays` store them (e.g. in an `.npz`) so a UI can
-redraw any view later without running the network again.
+Each figure is a pure function of numpy arrays that returns a PIL image, so the
+figures are testable without the network. They are drawn on a bare
+`matplotlib.figure.Figure` with the headless Agg canvas: no pyplot, hence no display,
+no global figure registry and nothing left open once the image is rendered, which is
+what a web server drawing in worker threads needs. Colours are matplotlib colormaps
+(`COLORMAPS`). `scan_views` / `expert_views` turn a forward pass's `Diagnostics`
+into the plain per-record arrays the figures take, and `views_to_arrays` /
+`views_from_arrays` store them (e.g. in an `.npz`) so a UI can redraw any view later
+without running the network again.
 """
 from __future__ import annotations
 
@@ -12,37 +16,43 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from PIL import Image
 
 from .dascan import region_ranks
 from .diagnostics import Diagnostics
 
-# Colour ramps as (position, RGB) anchors, interpolated linearly. Each anchor's
-# luminance rises (falls for "gate"), so every map is monotonic in luminance and
-# reads correctly in grayscale. "order" and "depth" sample viridis and inferno.
-_RAMPS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
-    "order": [(0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)),
-              (0.75, (94, 201, 98)), (1.0, (253, 231, 37))],
-    "depth": [(0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)),
-              (0.75, (249, 142, 9)), (1.0, (252, 255, 164))],
-    "gate": [(0.0, (248, 249, 252)), (0.5, (140, 150, 230)), (1.0, (49, 46, 129))],
-}
-BACKGROUND = (255, 255, 255)
-INK = (31, 41, 55)
-MUTED = (107, 114, 128)
-BOUNDARY = (255, 255, 255)
-UNVISITED = (45, 45, 52)
+COLORMAPS = {"order": "viridis", "depth": "inferno", "gate": "Purples"}
+"""Figure role -> matplotlib colormap: scan position, depth and expert maps, gate coefficients.
+All three are perceptually ordered and monotonic in luminance, so they read in grayscale too."""
+UNSCANNED = "#d4d4d8"
+"""Pixels the scan has not reached yet (light grey: outside every colour of viridis)."""
+BOUNDARY = "white"
+"""DAScan region outlines."""
+NOT_SELECTED = "#e5e7eb"
+"""Face of an expert the gate did not select."""
+INK, MUTED = "#1f2937", "#6b7280"
+"""Text on light cells; secondary text."""
+DPI = 100
+"""Figure sizes are given in pixels: inches x DPI."""
+MAP_LEFT, MAP_TOP = 6, 24
+"""Where a figure of one map (depth, scan order) puts it: under its title, its colour bar
+to its right."""
 
 
 def colormap(values: np.ndarray, name: str = "order") -> np.ndarray:
-    """Maps values in [0, 1] (clipped) to uint8 RGB, shape (..., 3), through ramp `name`."""
-    anchors = _RAMPS[name]
-    positions = np.array([p for p, _ in anchors])
-    colours = np.array([c for _, c in anchors], dtype=np.float64)
+    """Maps values in [0, 1] (clipped; NaN as 0) to uint8 RGB, shape (..., 3), through the
+    matplotlib colormap of role `name` (see `COLORMAPS`)."""
     x = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, 1.0)
-    rgb = np.stack([np.interp(x, positions, colours[:, k]) for k in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
+    return _cmap(name)(x, bytes=True)[..., :3]
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -50,73 +60,67 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float64) @ np.array([0.2126, 0.7152, 0.0722])
 
 
-def normalize(values: np.ndarray, low_percentile: float = 0.0,
-              high_percentile: float = 100.0) -> np.ndarray:
-    """Rescales to [0, 1] between two percentiles (clipped); a constant map becomes 0.5."""
-    values = np.asarray(values, dtype=np.float64)
-    low, high = np.percentile(values, [low_percentile, high_percentile])
-    if not high > low:
-        return np.full(values.shape, 0.5)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+def _cmap(name: str) -> Colormap:
+    return matplotlib.colormaps[COLORMAPS[name]]
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+def _canvas(width: float, height: float) -> tuple[Figure, Axes]:
+    """A `width` x `height` pixel figure on an Agg canvas with one axes over all of it, without
+    ticks or frame, whose data coordinates are the figure's pixels (x right, y down).
+
+    Maps, outlines and captions are placed on it by pixel boxes; matplotlib draws them. A
+    layout engine would draw every text twice, and an axes per map costs more than the map
+    itself: these figures are drawn for each request, so one axes keeps them fast (and
+    their sizes exact)."""
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_axis_off()
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)
+    axes.autoscale(False)
+    return figure, axes
 
 
-def _text_width(text: str, size: int) -> int:
-    left, _, right, _ = _font(size).getbbox(text)
-    return int(math.ceil(right - left))
+def _show(axes: Axes, array: np.ndarray, box: tuple[float, float, float, float], **style) -> AxesImage:
+    """`imshow` of `array` stretched over the pixel box (left, top, width, height)."""
+    left, top, width, height = box
+    return axes.imshow(array, extent=(left, left + width, top + height, top), aspect="auto", **style)
 
 
-def fit(image: Image.Image, max_side: int, upscale: bool = True) -> Image.Image:
-    """Resizes so the longer side is `max_side`: nearest-neighbour when enlarging (maps
-    keep their cells visible), Lanczos when shrinking."""
-    scale = max_side / max(image.size)
-    if scale == 1 or (scale > 1 and not upscale):
-        return image
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+def _caption(axes: Axes, box: tuple[float, float, float, float], text: str, below: bool = False) -> None:
+    """A line of text centred above (or below) a pixel box."""
+    left, top, width, height = box
+    axes.text(left + width / 2, top + height + 4 if below else top - 4, text, ha="center",
+              va="top" if below else "bottom", fontsize=10)
 
 
-def colorbar(width: int, ramp: str, low_label: str, high_label: str,
-             title: str = "") -> Image.Image:
-    """A horizontal legend: the ramp from left (0) to right (1), end labels below it."""
-    bar_height, size, pad = 14, 13, 6
-    bar = colormap(np.tile(np.linspace(0, 1, width), (bar_height, 1)), ramp)
-    height = bar_height + size + 3 * pad + (size + pad if title else 0)
-    legend = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(legend)
-    top = pad
-    if title:
-        draw.text((width // 2, top), title, fill=INK, font=_font(size), anchor="mt")
-        top += size + pad
-    legend.paste(Image.fromarray(bar), (0, top))
-    draw.rectangle((0, top, width - 1, top + bar_height - 1), outline=MUTED)
-    labels_top = top + bar_height + pad
-    draw.text((0, labels_top), low_label, fill=MUTED, font=_font(size))
-    draw.text((width, labels_top), high_label, fill=MUTED, font=_font(size), anchor="ra")
-    return legend
+def _colorbar(figure: Figure, image: AxesImage, box: tuple[float, float, float, float], label: str,
+              ticks: list[float] | None = None, tick_labels: list[str] | None = None) -> None:
+    """A matplotlib colour bar for `image` in a pixel box (horizontal if wider than tall)."""
+    left, top, width, height = box
+    size = figure.bbox
+    bar_axes = figure.add_axes((left / size.width, 1 - (top + height) / size.height,
+                                width / size.width, height / size.height))
+    bar = figure.colorbar(image, cax=bar_axes, ticks=ticks,
+                          orientation="horizontal" if width > height else "vertical")
+    if tick_labels:
+        bar.set_ticklabels(tick_labels)
+    bar.ax.tick_params(labelsize=9, length=2, pad=2)
+    bar.set_label(label, fontsize=10, labelpad=2)
+    bar.outline.set_linewidth(0.5)
 
 
-def stack(*parts: Image.Image, gap: int = 8) -> Image.Image:
-    """Stacks images top to bottom, centred, on a white background."""
-    width = max(p.width for p in parts)
-    height = sum(p.height for p in parts) + gap * (len(parts) - 1)
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
-    top = 0
-    for part in parts:
-        canvas.paste(part, ((width - part.width) // 2, top))
-        top += part.height + gap
-    return canvas
+def _render(figure: Figure) -> Image.Image:
+    """Draws the figure and returns it as an RGB image (the figure can then be dropped)."""
+    figure.canvas.draw()
+    return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
 
 
-def caption(text: str, width: int, size: int = 14, colour: tuple[int, int, int] = INK) -> Image.Image:
-    """One centred line of text as an image strip, widened if the text needs it."""
-    width = max(width, _text_width(text, size) + 8)
-    strip = Image.new("RGB", (width, size + 8), BACKGROUND)
-    ImageDraw.Draw(strip).text((width // 2, 4), text, fill=colour, font=_font(size), anchor="mt")
-    return strip
+def _map_box(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) in pixels of a map of `shape` (h, w) scaled so its longer side is `max_side`."""
+    scale = max_side / max(shape)
+    return max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,18 +133,25 @@ def remix(transmission: np.ndarray, reflection: np.ndarray, alpha: float) -> np.
     return np.round(np.clip(mixed, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def depth_image(depth: np.ndarray) -> np.ndarray:
-    """(H, W) relative inverse depth (larger = nearer) -> uint8 RGB, near bright, far dark.
-
-    Stretched between the 2nd and 98th percentiles so a few outliers do not flatten it."""
-    return colormap(normalize(depth, 2.0, 98.0), "depth")
+def percentile_range(values: np.ndarray, low: float = 2.0, high: float = 98.0) -> tuple[float, float]:
+    """The values at two percentiles, the colour scale of a map (a few outliers do not
+    flatten it); a constant map gets a range centred on its value."""
+    bottom, top = (float(v) for v in np.percentile(values, [low, high]))
+    return (bottom, top) if top > bottom else (bottom - 1.0, bottom + 1.0)
 
 
 def depth_figure(depth: np.ndarray, max_side: int = 384) -> Image.Image:
-    """The colour-mapped depth map with a far/near legend."""
-    picture = fit(Image.fromarray(depth_image(depth)), max_side)
-    legend = colorbar(min(picture.width, 320), "depth", "far", "near")
-    return stack(picture, legend)
+    """(H, W) relative inverse depth (larger = nearer) in inferno, near bright, scaled
+    between its 2nd and 98th percentiles, beside a far/near colour bar. The map's longer
+    side is `max_side` pixels."""
+    width, height = _map_box(depth.shape, max_side)
+    figure, axes = _canvas(MAP_LEFT + width + 62, MAP_TOP + height + 6)
+    box = (MAP_LEFT, MAP_TOP, width, height)
+    low, high = percentile_range(depth)
+    image = _show(axes, depth, box, cmap=_cmap("depth"), vmin=low, vmax=high, interpolation="antialiased")
+    _caption(axes, box, "estimated depth")
+    _colorbar(figure, image, (MAP_LEFT + width + 8, MAP_TOP, 12, height), "", [low, high], ["far", "near"])
+    return _render(figure)
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,62 +265,99 @@ def scan_rank(order: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return rank.reshape(shape)
 
 
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """True on pixels whose right or lower 4-neighbour has another label."""
-    edges = np.zeros(labels.shape, dtype=bool)
-    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    return edges
+def boundary_segments(labels: np.ndarray) -> np.ndarray:
+    """(K, 2, 2) line segments, in image coordinates (cell centres at integers), along the
+    cell edges between different labels, the outlines of the labelled regions; collinear
+    neighbouring edges are joined into one segment."""
+    def runs(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs of True down each column of `edges`: column, first row, row after the last."""
+        padded = np.zeros((edges.shape[0] + 2, edges.shape[1]), dtype=np.int8)
+        padded[1:-1] = edges
+        steps = np.diff(padded, axis=0).T
+        columns, starts = np.nonzero(steps == 1)
+        _, stops = np.nonzero(steps == -1)
+        return columns, starts, stops
+
+    column, start, stop = runs(labels[:, :-1] != labels[:, 1:])
+    vertical = np.stack([np.stack([column + 0.5, start - 0.5], -1),
+                         np.stack([column + 0.5, stop - 0.5], -1)], 1)
+    row, start, stop = runs((labels[:-1, :] != labels[1:, :]).T)
+    horizontal = np.stack([np.stack([start - 0.5, row + 0.5], -1),
+                           np.stack([stop - 0.5, row + 0.5], -1)], 1)
+    return np.concatenate([vertical, horizontal]).astype(np.float64)
 
 
-def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
-
-
-def _scan_layers(view: ScanView, processed_size: tuple[int, int],
-                 max_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rank map, its colours and the region-boundary mask of the image part of a scan,
-    each cell enlarged to about `max_side` overall."""
+def _scan_map(view: ScanView, processed_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The image part of a scan: each cell's scan position as a fraction of the sequence
+    (0 = first, 1 = last) and the region outlines (none for a global scan)."""
     shape = view.proximity.shape
-    rank = scan_rank(view.order, shape)
     height, width = valid_shape(shape, processed_size, view.level)
-    factor = max(1, max_side // max(height, width))
-    rank = _upscale(rank[:height, :width], factor)
-    colours = colormap(rank / max(view.order.size - 1, 1), "order")
-    edges = np.zeros(rank.shape, dtype=bool)
-    if view.kind == "regional":
-        edges = boundaries(_upscale(region_ranks(view.proximity)[:height, :width], factor))
-    return rank, colours, edges
+    position = scan_rank(view.order, shape)[:height, :width] / max(view.order.size - 1, 1)
+    outlines = (boundary_segments(region_ranks(view.proximity)[:height, :width])
+                if view.kind == "regional" else np.empty((0, 2, 2)))
+    return position, outlines
 
 
-def _scan_frame(rank: np.ndarray, colours: np.ndarray, edges: np.ndarray, visited: int) -> np.ndarray:
-    frame = colours.copy()
-    frame[rank >= visited] = UNVISITED
-    frame[edges] = BOUNDARY
-    return frame
+def _draw_scan(axes: Axes, position: np.ndarray, outlines: np.ndarray,
+               box: tuple[float, float, float, float], line_width: float) -> AxesImage:
+    """The scan-position map in viridis over a pixel box (values above 1, cells not scanned
+    yet, in grey) with the region outlines as one white line; returns the image artist."""
+    image = _show(axes, position, box, cmap=_cmap("order").with_extremes(over=UNSCANNED),
+                  norm=Normalize(0.0, 1.0), interpolation="nearest")
+    if len(outlines):
+        left, top, width, height = box
+        cell = (width / position.shape[1], height / position.shape[0])
+        gaps = np.full((len(outlines), 1), np.nan)
+        x = left + (np.hstack([outlines[:, :, 0], gaps]) + 0.5) * cell[0]
+        y = top + (np.hstack([outlines[:, :, 1], gaps]) + 0.5) * cell[1]
+        axes.add_line(Line2D(x.ravel(), y.ravel(), color=BOUNDARY, linewidth=line_width,
+                             solid_capstyle="projecting"))
+    return image
 
 
-def scan_picture(view: ScanView, processed_size: tuple[int, int], max_side: int = 384,
-                 progress: float = 1.0) -> np.ndarray:
-    """(H, W, 3) uint8: each image pixel coloured by its scan position, cells enlarged to
-    about `max_side`. Pixels past `progress` (fraction of the sequence) are not yet
-    scanned and drawn dark. Regional scans get white region boundaries."""
-    rank, colours, edges = _scan_layers(view, processed_size, max_side)
-    return _scan_frame(rank, colours, edges, round(progress * view.order.size))
+def _scan_colorbar(figure: Figure, image: AxesImage, box: tuple[float, float, float, float]) -> None:
+    _colorbar(figure, image, box, "position in the scan", [0, 1], ["first", "last"])
+
+
+def scan_title(view: ScanView, processed_size: tuple[int, int]) -> str:
+    """"L3 main · block 1 · T regional (64x48)"."""
+    height, width = valid_shape(view.proximity.shape, processed_size, view.level)
+    return (f"L{view.level} {branch_label(view.branch)} · block {view.block + 1} · "
+            f"{view.stream} {view.kind} ({width}x{height})")
 
 
 def scan_figure(view: ScanView, processed_size: tuple[int, int], max_side: int = 384) -> Image.Image:
-    """The scan-order map of one stream above a first/last legend."""
-    picture = fit(Image.fromarray(scan_picture(view, processed_size, max_side)), max_side)
-    return stack(picture, colorbar(min(picture.width, 320), "order", "scanned first", "last"))
+    """One stream's scan: each image cell coloured by its position in the sequence (viridis,
+    first dark, last yellow), regional scans outlined by region in white, beside a
+    first/last colour bar. The map's longer side is `max_side` pixels."""
+    position, outlines = _scan_map(view, processed_size)
+    width, height = _map_box(position.shape, max_side)
+    figure, axes = _canvas(MAP_LEFT + width + 78, MAP_TOP + height + 6)
+    box = (MAP_LEFT, MAP_TOP, width, height)
+    image = _draw_scan(axes, position, outlines, box, line_width=1.2)
+    _caption(axes, box, scan_title(view, processed_size))
+    _scan_colorbar(figure, image, (MAP_LEFT + width + 8, MAP_TOP, 12, height))
+    return _render(figure)
 
 
 def scan_animation(view: ScanView, processed_size: tuple[int, int], frames: int = 24,
                    max_side: int = 256) -> list[Image.Image]:
-    """Frames of the scan progressing from 1/frames of the sequence to all of it."""
-    layers = _scan_layers(view, processed_size, max_side)
-    return [fit(Image.fromarray(_scan_frame(*layers, round((i + 1) / frames * view.order.size))), max_side)
-            for i in range(frames)]
+    """Frames of the scan progressing from 1/frames of the sequence to all of it, the map's
+    longer side `max_side` pixels: cells not reached yet are grey (`UNSCANNED`)."""
+    position, outlines = _scan_map(view, processed_size)
+    width, height = _map_box(position.shape, max_side)
+    figure, axes = _canvas(width + 8, height + 26)
+    box = (4, 22, width, height)
+    image = _draw_scan(axes, position, outlines, box, line_width=1.0)
+    title = axes.text(4 + width / 2, 18, "", ha="center", va="bottom", fontsize=10)
+    rank = np.rint(position * max(view.order.size - 1, 1))
+    pictures = []
+    for frame in range(1, frames + 1):
+        reached = frame / frames
+        image.set_data(np.where(rank < round(reached * view.order.size), position, 2.0))
+        title.set_text(f"L{view.level} {view.stream} {view.kind}: {reached:.0%} scanned")
+        pictures.append(_render(figure))
+    return pictures
 
 
 def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 90,
@@ -321,28 +369,34 @@ def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 90,
 
 
 def scan_overview(views: list[ScanView], processed_size: tuple[int, int], tile: int = 150) -> Image.Image:
-    """A grid of the main branch's first-block scans: streams T and R (rows) by level
-    (columns, labelled underneath), above a first/last legend."""
+    """The main branch's first-block scans in a grid, streams T (regional) and R (global)
+    as rows by level as columns (captioned underneath), each map's longer side `tile`
+    pixels, above one first/last colour bar."""
     chosen = {(v.stream, v.level): v for v in views if v.branch == "main" and v.block == 0}
     levels = sorted({level for _, level in chosen})
     streams = [s for s in ("T", "R") if any((s, level) in chosen for level in levels)]
-    label_width, gap, foot = 110, 8, 24
-    grid = Image.new("RGB", (label_width + len(levels) * (tile + gap), len(streams) * (tile + gap) + foot),
-                     BACKGROUND)
-    draw = ImageDraw.Draw(grid)
-    for row, stream in enumerate(streams):
-        top = row * (tile + gap)
-        name = "T  regional" if stream == "T" else "R  global"
-        draw.text((0, top + tile // 2), name, fill=INK, font=_font(14), anchor="lm")
-        for column, level in enumerate(levels):
-            if (stream, level) in chosen:
-                cell = fit(Image.fromarray(scan_picture(chosen[stream, level], processed_size, tile)), tile)
-                cell.thumbnail((tile, tile))
-                grid.paste(cell, (label_width + column * (tile + gap), top))
+    maps = {key: _scan_map(view, processed_size) for key, view in chosen.items()}
+    width, height = _map_box(next(iter(maps.values()))[0].shape, tile) if maps else (tile, tile)
+    left, top, gap = 24, 6, 8
+    grid_bottom = top + len(streams) * (height + gap) - gap
+    figure, axes = _canvas(left + len(levels) * (width + gap), grid_bottom + 76)
+    image = None
+    for (stream, level), (position, outlines) in maps.items():
+        box = (left + levels.index(level) * (width + gap), top + streams.index(stream) * (height + gap),
+               width, height)
+        image = _draw_scan(axes, position, outlines, box, line_width=0.8)
     for column, level in enumerate(levels):
-        draw.text((label_width + column * (tile + gap) + tile // 2, grid.height - foot + 4),
-                  f"level {level}", fill=INK, font=_font(14), anchor="mt")
-    return stack(grid, colorbar(min(grid.width, 320), "order", "scanned first", "last"))
+        cells = next(position.shape for (_, scanned), (position, _) in maps.items() if scanned == level)
+        _caption(axes, (left + column * (width + gap), grid_bottom - height, width, height),
+                 f"level {level} ({cells[1]}x{cells[0]})", below=True)
+    for row, stream in enumerate(streams):
+        axes.text(left - 6, top + row * (height + gap) + height / 2,
+                  "T · regional" if stream == "T" else "R · global", fontsize=10, rotation=90,
+                  ha="right", va="center")
+    if image is not None:
+        bar_width = min(320, figure.bbox.width - 2 * left)
+        _scan_colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, grid_bottom + 28, bar_width, 12))
+    return _render(figure)
 
 
 # ----------------------------------------------------------------------------------------
@@ -350,63 +404,66 @@ def scan_overview(views: list[ScanView], processed_size: tuple[int, int], tile: 
 
 
 def expert_figure(view: ExpertView, processed_size: tuple[int, int], tile: int = 220) -> Image.Image:
-    """One map per expert of its weighted contribution, all on one colour scale (the
-    selected experts' joint min..max), captioned with its gate coefficient; experts the
-    gate did not select are drawn as empty tiles."""
+    """One map per expert of its weighted contribution, all on one inferno scale (the
+    selected experts' joint min..max, with a colour bar), titled with its gate
+    coefficient; experts the gate did not select are grey tiles. Each map's longer side
+    is `tile` pixels."""
     maps = {}
     for expert, contribution in view.contributions.items():
         height, width = valid_shape(contribution.shape, processed_size, view.level)
         maps[expert] = contribution[:height, :width]
     low = min((float(m.min()) for m in maps.values()), default=0.0)
-    high = max((float(m.max()) for m in maps.values()), default=0.0)
-    tiles = []
+    high = max((float(m.max()) for m in maps.values()), default=1.0)
+    if not high > low:
+        low, high = low - 0.5, low + 0.5
+    width, height = _map_box(next(iter(maps.values())).shape, tile) if maps else (tile, tile)
+    gap, top = 10, 6
+    figure, axes = _canvas(len(view.coefficients) * (width + gap) - gap + 8, top + height + 80)
+    image = None
     for expert, coefficient in enumerate(view.coefficients):
+        box = (4 + expert * (width + gap), top, width, height)
         if expert in maps:
-            scaled = (maps[expert] - low) / (high - low) if high > low else np.full(maps[expert].shape, 0.5)
-            cell = fit(Image.fromarray(colormap(scaled, "depth")), tile)
-            cell.thumbnail((tile, tile))
-            text = f"expert {expert + 1} · gate {coefficient:.2f}"
+            image = _show(axes, maps[expert], box, cmap=_cmap("depth"), vmin=low, vmax=high,
+                          interpolation="nearest")
+            _caption(axes, box, f"expert {expert + 1} · gate {coefficient:.2f}", below=True)
         else:
-            cell = Image.new("RGB", (tile, tile), (229, 231, 235))
-            ImageDraw.Draw(cell).text((tile // 2, tile // 2), "not selected", fill=MUTED,
-                                      font=_font(14), anchor="mm")
-            text = f"expert {expert + 1} · gate 0"
-        tiles.append(stack(cell, caption(text, tile), gap=2))
-    gap = 10
-    row = Image.new("RGB", (len(tiles) * (tile + gap) - gap, max(t.height for t in tiles)), BACKGROUND)
-    for i, part in enumerate(tiles):
-        row.paste(part, (i * (tile + gap), 0))
-    return stack(row, colorbar(min(row.width, 360), "depth", f"{low:.3g}", f"{high:.3g}",
-                          "mean |gate x expert output| per pixel (shared scale)"))
+            axes.add_patch(Rectangle(box[:2], width, height, color=NOT_SELECTED))
+            axes.text(box[0] + width / 2, top + height / 2, "not selected", ha="center", va="center",
+                      fontsize=10, color=MUTED)
+            _caption(axes, box, f"expert {expert + 1} · gate 0", below=True)
+    if image is not None:
+        bar_width = min(360, figure.bbox.width - 40)
+        _colorbar(figure, image, ((figure.bbox.width - bar_width) / 2, top + height + 30, bar_width, 12),
+                  "mean |gate × expert output| per pixel (shared scale)")
+    return _render(figure)
 
 
 def gate_heatmap(coefficients: np.ndarray, row_labels: list[str], cell: tuple[int, int] = (72, 24)) -> Image.Image:
-    """Gate coefficients of every MECM call (rows, labelled) by expert (columns), with values."""
+    """Gate coefficients of every MECM call (rows, labelled) by expert (columns), each
+    selected cell annotated with its value, above a 0..1 colour bar; cells are `cell`
+    (width, height) pixels."""
     coefficients = np.asarray(coefficients, dtype=np.float64)
     rows, columns = coefficients.shape
     if len(row_labels) != rows:
         raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
-    size, pad = 13, 8
-    label_width = max((_text_width(text, size) for text in row_labels), default=0) + 2 * pad
-    head = size + 2 * pad
-    image = Image.new("RGB", (label_width + columns * cell[0] + 1, head + rows * cell[1] + 1), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    colours = colormap(coefficients, "gate")
+    left, top = 112, 24
+    box = (left, top, columns * cell[0], rows * cell[1])
+    figure, axes = _canvas(left + box[2] + 18, top + box[3] + 60)
+    image = _show(axes, coefficients, box, cmap=_cmap("gate"), vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes.hlines(top + np.arange(rows + 1) * cell[1], left, left + box[2], colors="white", linewidth=1.5)
+    axes.vlines(left + np.arange(columns + 1) * cell[0], top, top + box[3], colors="white", linewidth=1.5)
+    centre_x = left + (np.arange(columns) + 0.5) * cell[0]
+    centre_y = top + (np.arange(rows) + 0.5) * cell[1]
+    axes.text(left - 6, top - 4, "MECM call", ha="right", va="bottom", fontsize=9, fontweight="bold")
     for column in range(columns):
-        draw.text((label_width + column * cell[0] + cell[0] // 2, pad), f"expert {column + 1}",
-                  fill=INK, font=_font(size), anchor="mt")
-    for row in range(rows):
-        top = head + row * cell[1]
-        draw.text((label_width - pad, top + cell[1] // 2), row_labels[row], fill=INK,
-                  font=_font(size), anchor="rm")
-        for column in range(columns):
-            left = label_width + column * cell[0]
-            colour = tuple(int(v) for v in colours[row, column])
-            draw.rectangle((left, top, left + cell[0], top + cell[1]), fill=colour, outline=BACKGROUND)
-            value = coefficients[row, column]
-            if value > 0:
-                ink = BACKGROUND if luminance(colours[row, column]) < 140 else INK
-                draw.text((left + cell[0] // 2, top + cell[1] // 2), f"{value:.2f}", fill=ink,
-                          font=_font(size), anchor="mm")
-    return stack(image, colorbar(min(image.width, 300), "gate", "0 (not selected)", "1",
-                                 "gate coefficient"))
+        axes.text(centre_x[column], top - 4, f"expert {column + 1}", ha="center", va="bottom", fontsize=9)
+    for row, label in enumerate(row_labels):
+        axes.text(left - 6, centre_y[row], label, ha="right", va="center", fontsize=9)
+    dark = luminance(colormap(coefficients, "gate")) < 140
+    for (row, column), value in np.ndenumerate(coefficients):
+        if value > 0:
+            axes.text(centre_x[column], centre_y[row], f"{value:.2f}", ha="center", va="center",
+                      fontsize=9, color="white" if dark[row, column] else INK)
+    _colorbar(figure, image, (left, top + box[3] + 10, box[2], 10),
+              "gate coefficient (0: expert not selected)", [0, 0.25, 0.5, 0.75, 1])
+    return _render(figure)

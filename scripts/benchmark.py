@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 from dmdnet import dsmamba  # noqa: E402
 from dmdnet.depth import MidasDPT  # noqa: E402
@@ -125,6 +130,49 @@ def default_weights_512(repeats: int) -> dict:
     return {"weights": pipe.weights.label, **report}
 
 
+def app_round_trip_512(repeats: int, startup_timeout_s: float = 300) -> dict:
+    """Seconds of the demo's `/separate` round trip (client call to files on the client) for
+    the 512x512 example photo, against the pipeline's own seconds inside the same request
+    (the summary's `seconds`), after one warm-up request; `python app.py` with the default
+    weights runs in a fresh process on a free local port."""
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "TMPDIR": home, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+               "NO_PROXY": "127.0.0.1,localhost"}
+        server = subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1",
+                                   "--port", str(port), "--device", "cpu"], cwd=home, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=5):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("app.py did not start") from None
+                    time.sleep(1)
+            client = Client(url, verbose=False, download_files=str(Path(home) / "downloads"))
+            photo = handle_file(str(REPO_ROOT / "examples" / "windowseat_dog.png"))
+            client.predict(photo, api_name="/separate")
+            round_trips, pipeline = [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                *_, summary = client.predict(photo, api_name="/separate")
+                round_trips.append(time.perf_counter() - start)
+                pipeline.append(summary["seconds"])
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return {"round_trip_s": sum(round_trips) / repeats, "pipeline_s": sum(pipeline) / repeats,
+            "processed_size": [summary["processed"]["height"], summary["processed"]["width"]]}
+
+
 def scan_vs_oracle(length: int = 4096, channels: int = 96, state: int = 16) -> dict:
     torch.manual_seed(0)
     u, delta = torch.randn(1, channels, length), torch.randn(1, channels, length)
@@ -150,6 +198,8 @@ def main() -> None:
     parser.add_argument("--rss-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--app-repeats", type=int, default=3,
+                        help="timed /separate requests to the demo (0 skips the demo)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,6 +215,8 @@ def main() -> None:
     if args.rss_size:
         report["rss"] = peak_rss_child(args.rss_size)
     report["default_512"] = default_weights_512(args.repeats)
+    if args.app_repeats:
+        report["app_512"] = app_round_trip_512(args.app_repeats)
 
     print(f"threads {args.threads}, float32 matmul {rate:.1f} GFLOP/s")
     print(f"work at 256x256: {gflop:.1f} GFLOP counted -> matmul floor {floor:.2f} s")
@@ -180,6 +232,12 @@ def main() -> None:
     print(f"default weights ({default['weights']}): 512x512 in {default['seconds']:.2f} s "
           f"(runs at {default['processed_size'][0]}x{default['processed_size'][1]}); "
           f"{default['native_seconds']:.2f} s at full size (native_scale=True)")
+    if "app_512" in report:
+        app = report["app_512"]
+        print(f"demo /separate, 512x512 photo (runs at {app['processed_size'][0]}x{app['processed_size'][1]}): "
+              f"round trip {app['round_trip_s']:.2f} s, pipeline {app['pipeline_s']:.2f} s of it, "
+              f"{app['round_trip_s'] - app['pipeline_s']:.2f} s saving, drawing and serving "
+              f"({app['round_trip_s'] / app['pipeline_s']:.2f}x; target at most 1.5x)")
     oracle = report["scan_vs_oracle"]
     print(f"scan op, L={oracle['length']} D={oracle['channels']} float64: chunked {oracle['chunked_s']:.3f} s, "
           f"sequential oracle {oracle['reference_s']:.3f} s, relative error {oracle['relative_error_float64']:.1e}")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import dmdnet
-from dmdnet.runs import RunNotFound, RunStore
+from dmdnet.runs import PREVIEW_SIDE, RunNotFound, RunStore
 
 
 def test_save_then_load_a_run(lite_checkpoints, tmp_path):
@@ -37,6 +37,21 @@ def test_save_then_load_a_run(lite_checkpoints, tmp_path):
     for bad in ("../x", "run-" + "0" * 32, None, 3):
         with pytest.raises(RunNotFound):
             store.load(bad)
+
+
+def test_layers_are_their_own_previews_unless_larger_than_a_preview(lite_checkpoints, tmp_path):
+    pipe = dmdnet.load_pipeline(**{k: str(v) for k, v in lite_checkpoints.items()}, device="cpu")
+    store = RunStore(tmp_path)
+    small = store.save(pipe.separate(torch.rand(1, 3, 40, 52), diagnostics=True), "small.png", 0.1)
+    assert small.file("transmission_preview") == small.file("transmission")
+    assert small.file("reflection_preview") == small.file("reflection")
+    wide = store.save(pipe.separate(torch.rand(1, 3, 32, PREVIEW_SIDE + 64), diagnostics=True), "wide.png", 0.1)
+    for key in ("input", "transmission", "reflection"):
+        with Image.open(wide.file(f"{key}_preview")) as preview:
+            assert preview.size == (PREVIEW_SIDE, 30)
+    with Image.open(wide.file("transmission")) as layer:
+        assert layer.size == (PREVIEW_SIDE + 64, 32)
+    assert all(layer.shape == (30, PREVIEW_SIDE, 3) for layer in wide.layers)
 
 
 def test_prune_removes_only_old_runs(tmp_path):

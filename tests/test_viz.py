@@ -1,6 +1,7 @@
-"""dmdnet.viz: colour maps, legends, scan-order maps, region boundaries, expert figures."""
+"""dmdnet.viz: matplotlib colour maps and figures at known values, region outlines, view storage."""
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -27,53 +28,61 @@ def _view(proximity: np.ndarray, regional: bool, level: int = 1) -> viz.ScanView
                         "regional" if regional else "global", proximity, order)
 
 
-def _is_monotonic(values: np.ndarray) -> bool:
+def _is_monotonic(values: np.ndarray, tolerance: float = 0.0) -> bool:
     steps = np.diff(values)
-    return bool((steps >= 0).all() or (steps <= 0).all())
+    return bool((steps >= -tolerance).all() or (steps <= tolerance).all())
 
 
-@pytest.mark.parametrize("ramp", ["order", "depth", "gate"])
-def test_colormap_shape_range_and_monotonic_luminance(ramp):
+def _top_colour(name: str, value: float) -> np.ndarray:
+    """matplotlib's own colour for `value` in the colormap behind role `name`, as uint8 RGB."""
+    return np.array(matplotlib.colormaps[viz.COLORMAPS[name]](value, bytes=True)[:3])
+
+
+def _map_area(figure: Image.Image, width: int, height: int) -> np.ndarray:
+    """The map of a one-map figure (depth, scan order), by its documented place."""
+    return np.asarray(figure)[viz.MAP_TOP:viz.MAP_TOP + height, viz.MAP_LEFT:viz.MAP_LEFT + width]
+
+
+@pytest.mark.parametrize("role, name", [("order", "viridis"), ("depth", "inferno"), ("gate", "Purples")])
+def test_colormap_is_matplotlibs_with_monotonic_luminance(role, name):
     values = np.linspace(0, 1, 256)
-    colours = viz.colormap(values, ramp)
+    colours = viz.colormap(values, role)
     assert colours.shape == (256, 3) and colours.dtype == np.uint8
-    assert _is_monotonic(viz.luminance(colours))
+    np.testing.assert_array_equal(colours, matplotlib.colormaps[name](values, bytes=True)[:, :3])
+    assert _is_monotonic(viz.luminance(colours), tolerance=0.5)  # up to 8-bit rounding
     assert viz.luminance(colours[0]) != viz.luminance(colours[-1])
-    np.testing.assert_array_equal(viz.colormap(np.array([-1.0, 2.0, np.nan]), ramp),
-                                  viz.colormap(np.array([0.0, 1.0, 0.0]), ramp))
-    assert viz.colormap(np.zeros((4, 5)), ramp).shape == (4, 5, 3)
+    np.testing.assert_array_equal(viz.colormap(np.array([-1.0, 2.0, np.nan]), role),
+                                  viz.colormap(np.array([0.0, 1.0, 0.0]), role))
+    assert viz.colormap(np.zeros((4, 5)), role).shape == (4, 5, 3)
 
 
-def test_normalize_percentiles_and_constant_map():
+def test_percentile_range_and_constant_map():
     values = np.arange(101, dtype=float)
-    np.testing.assert_allclose(viz.normalize(values)[[0, 50, 100]], [0, 0.5, 1])
-    clipped = viz.normalize(values, 10, 90)
-    assert clipped[5] == 0 and clipped[95] == 1
-    np.testing.assert_array_equal(viz.normalize(np.full((3, 3), 7.0)), 0.5)
+    assert viz.percentile_range(values, 0, 100) == (0, 100)
+    assert viz.percentile_range(values) == (2, 98)
+    assert viz.percentile_range(np.full((3, 3), 7.0)) == (6, 8)
 
 
-def test_depth_image_near_is_brighter():
-    depth = np.tile(np.linspace(0.0, 5.0, 64), (4, 1))  # larger = nearer
-    luma = viz.luminance(viz.depth_image(depth))[0]
+def test_depth_figure_near_end_is_the_colormaps_top_colour():
+    depth = np.tile(np.linspace(0.0, 5.0, 40), (30, 1))  # larger = nearer: the right edge is nearest
+    figure = viz.depth_figure(depth, max_side=200)
+    assert figure.size == (viz.MAP_LEFT + 200 + 62, viz.MAP_TOP + 150 + 6)
+    picture = _map_area(figure, 200, 150)
+    np.testing.assert_array_equal(picture[75, -1], _top_colour("depth", 1.0))
+    np.testing.assert_array_equal(picture[75, 0], _top_colour("depth", 0.0))
+    luma = viz.luminance(picture[75])
     assert _is_monotonic(luma) and luma[-1] > luma[0]
 
 
-def test_colorbar_has_ramp_and_labels():
-    legend = np.asarray(viz.colorbar(200, "depth", "far", "near", "title"))
-    assert legend.shape[1] == 200
-    ramp_rows = [r for r in range(legend.shape[0])
-                 if np.array_equal(legend[r, 1:-1], viz.colormap(np.linspace(0, 1, 200), "depth")[1:-1])]
-    assert ramp_rows, "the colour ramp row is missing"
-    below = legend[ramp_rows[-1] + 2:]
-    left, right = below[:, :60], below[:, -60:]
-    assert (left != 255).any() and (right != 255).any(), "end labels are missing"
-
-
-def test_depth_figure_puts_legend_under_the_map():
-    figure = viz.depth_figure(np.random.default_rng(1).random((30, 40)), max_side=200)
-    assert figure.width == 200 and figure.height > 150 + 20
-    bottom = np.asarray(figure)[150:]
-    assert (viz.luminance(bottom) < 40).any(), "the dark (far) end of the legend is missing"
+def test_depth_figure_colour_bar_runs_far_to_near_beside_the_map():
+    figure = np.asarray(viz.depth_figure(np.random.default_rng(1).random((30, 40)), max_side=200))
+    bar = figure[viz.MAP_TOP:viz.MAP_TOP + 150, viz.MAP_LEFT + 200 + 8:viz.MAP_LEFT + 200 + 20, :]
+    column = bar[1:-1, 6].astype(int)  # top (near) to bottom (far), inside the bar's outline
+    expected = viz.colormap(1 - (np.arange(1, 149) + 0.5) / 150, "depth")
+    np.testing.assert_allclose(column, expected, atol=3)
+    labels = figure[viz.MAP_TOP:viz.MAP_TOP + 150, viz.MAP_LEFT + 200 + 22:]
+    assert (labels[:12] < 128).any() and (labels[-12:] < 128).any(), "near/far labels are missing"
+    assert (figure[:viz.MAP_TOP - 2, viz.MAP_LEFT:viz.MAP_LEFT + 200] < 128).any(), "title is missing"
 
 
 def test_scan_rank_is_inverse_of_order():
@@ -83,14 +92,19 @@ def test_scan_rank_is_inverse_of_order():
     np.testing.assert_array_equal(rank.ravel()[order], np.arange(12))
 
 
-def test_scan_picture_colours_equal_order_rank():
-    proximity = _blobs()
+def test_scan_figure_colours_equal_order_rank():
+    proximity = _blobs()  # 24x32 cells, drawn 8 px each
     view = _view(proximity, regional=False)
-    picture = viz.scan_picture(view, proximity.shape, max_side=1)
+    figure = viz.scan_figure(view, proximity.shape, max_side=256)
+    assert figure.size == (viz.MAP_LEFT + 256 + 78, viz.MAP_TOP + 192 + 6)
+    centres = _map_area(figure, 256, 192)[4::8, 4::8]
     rank = viz.scan_rank(view.order, proximity.shape)
-    np.testing.assert_array_equal(picture, viz.colormap(rank / (rank.size - 1), "order"))
+    np.testing.assert_array_equal(centres, viz.colormap(rank / (rank.size - 1), "order"))
     # the nearest pixel of a global scan is first, the farthest last
     assert rank.ravel()[proximity.argmax()] == 0 and rank.ravel()[proximity.argmin()] == rank.size - 1
+    first, last = np.unravel_index(proximity.argmax(), rank.shape), np.unravel_index(proximity.argmin(), rank.shape)
+    np.testing.assert_array_equal(centres[first], _top_colour("order", 0.0))
+    np.testing.assert_array_equal(centres[last], _top_colour("order", 1.0))
 
 
 def test_region_ranks_match_regional_order():
@@ -106,36 +120,53 @@ def test_region_ranks_match_regional_order():
             assert (np.diff(inside) <= 0).all(), "near-to-far inside a region"
 
 
-def test_boundaries_where_labels_change():
+def test_boundary_segments_outline_regions():
     labels = np.zeros((4, 6), dtype=int)
     labels[:, 3:] = 1
     labels[3, :] = 2
-    edges = viz.boundaries(labels)
-    expected = np.zeros((4, 6), dtype=bool)
-    expected[:3, 2] = True
-    expected[2, :] = True
-    np.testing.assert_array_equal(edges, expected)
+    segments = {tuple(map(tuple, s)) for s in viz.boundary_segments(labels)}
+    assert segments == {((2.5, -0.5), (2.5, 2.5)), ((-0.5, 2.5), (5.5, 2.5))}
+    assert viz.boundary_segments(np.zeros((3, 3), dtype=int)).shape == (0, 2, 2)
 
 
-def test_regional_scan_picture_draws_boundaries():
+def test_boundary_segments_cover_exactly_the_edges_between_labels():
+    labels = np.random.default_rng(5).integers(0, 3, (9, 11))
+    unit_edges = set()
+    for (x0, y0), (x1, y1) in viz.boundary_segments(labels):
+        if x0 == x1:  # vertical, between columns x - 0.5 and x + 0.5
+            unit_edges |= {("v", int(y), int(x0 - 0.5)) for y in np.arange(y0 + 0.5, y1)}
+        else:
+            unit_edges |= {("h", int(y0 - 0.5), int(x)) for x in np.arange(x0 + 0.5, x1)}
+    expected = {("v", r, c) for r, c in zip(*np.nonzero(labels[:, :-1] != labels[:, 1:]))}
+    expected |= {("h", r, c) for r, c in zip(*np.nonzero(labels[:-1] != labels[1:]))}
+    assert unit_edges == expected
+
+
+def test_regional_scan_figure_outlines_regions_in_white():
     proximity = _blobs()
     view = _view(proximity, regional=True)
-    picture = viz.scan_picture(view, proximity.shape, max_side=1)
-    edges = viz.boundaries(dascan.region_ranks(proximity))
-    assert edges.any()
-    assert (picture[edges] == viz.BOUNDARY).all()
-    global_picture = viz.scan_picture(_view(proximity, regional=False), proximity.shape, max_side=1)
-    assert not (global_picture == viz.BOUNDARY).all(axis=-1).any()
+    picture = _map_area(viz.scan_figure(view, proximity.shape, max_side=256), 256, 192).astype(int)
+    rows, columns = np.nonzero(dascan.region_ranks(proximity)[:, :-1] != dascan.region_ranks(proximity)[:, 1:])
+    assert len(rows)
+    beside = np.maximum(picture[rows * 8 + 4, (columns + 1) * 8 - 1].min(axis=-1),
+                        picture[rows * 8 + 4, (columns + 1) * 8].min(axis=-1))
+    assert (beside > 190).all(), "every vertical region edge is drawn in white"
+    global_picture = _map_area(viz.scan_figure(_view(proximity, regional=False), proximity.shape,
+                                               max_side=256), 256, 192)
+    assert not (global_picture.min(axis=-1) > 190).any(), "a global scan has no outlines"
 
 
-def test_scan_picture_enlarges_crops_padding_and_shows_progress():
+def test_scan_figure_crops_padding_and_animation_shows_progress():
     proximity = _blobs(16, 16)
     view = _view(proximity, regional=False, level=2)
-    picture = viz.scan_picture(view, (27, 20), max_side=64)  # level 2 of 27x20 covers 14x10 cells
-    assert picture.shape == (14 * 4, 10 * 4, 3)
-    half = viz.scan_picture(view, (32, 32), max_side=16, progress=0.25)
-    unvisited = (half == viz.UNVISITED).all(axis=-1).mean()
-    assert unvisited == pytest.approx(0.75, abs=0.01)
+    figure = viz.scan_figure(view, (27, 20), max_side=140)  # level 2 of 27x20 covers 14x10 cells
+    assert figure.size == (viz.MAP_LEFT + 100 + 78, viz.MAP_TOP + 140 + 6)
+    frames = viz.scan_animation(view, (32, 32), frames=4, max_side=64)
+    unscanned = np.array(matplotlib.colors.to_rgb(viz.UNSCANNED)) * 255
+    grey = [(np.abs(np.asarray(f).astype(int) - unscanned).max(axis=-1) <= 1).sum() for f in frames]
+    assert grey[-1] == 0
+    # 16x16 cells of 4x4 pixels: a quarter of the sequence scanned per frame
+    assert grey[:3] == [192 * 16, 128 * 16, 64 * 16]
 
 
 def test_valid_shape():
@@ -144,13 +175,11 @@ def test_valid_shape():
     assert viz.valid_shape((2, 2), (1, 1), 5) == (1, 1)
 
 
-def test_scan_figure_and_animation(tmp_path):
+def test_scan_animation_frames_and_gif(tmp_path):
     proximity = _blobs()
     view = _view(proximity, regional=True)
-    figure = viz.scan_figure(view, proximity.shape, max_side=128)
-    assert figure.width >= 128 and figure.height > 96
     frames = viz.scan_animation(view, proximity.shape, frames=6, max_side=64)
-    assert len(frames) == 6 and len({f.size for f in frames}) == 1
+    assert len(frames) == 6 and {f.size for f in frames} == {(64 + 8, 48 + 26)}
     path = tmp_path / "scan.gif"
     viz.save_gif(frames, path)
     with Image.open(path) as gif:
@@ -186,22 +215,38 @@ def test_views_from_diagnostics_round_trip_through_npz(tmp_path):
 
 
 def test_expert_figure_has_one_tile_per_expert():
-    view = viz.expert_views(_diagnostics())[1]
+    view = viz.expert_views(_diagnostics())[1]  # level 1, 8x10 maps; experts 1 and 3 selected
     figure = np.asarray(viz.expert_figure(view, (8, 10), tile=60))
-    assert figure.shape[1] == 4 * 60 + 3 * 10
-    tile_row = figure[5:55]  # tiles on top, captions under them
-    unselected_grey = (tile_row == (229, 231, 235)).all(axis=-1)
-    assert unselected_grey[:, 70:130].mean() > 0.5 and unselected_grey[:, 210:270].mean() > 0.5
-    assert unselected_grey[:, :60].mean() < 0.1 and unselected_grey[:, 140:200].mean() < 0.1
+    assert figure.shape[:2] == (6 + 48 + 80, 4 * 60 + 3 * 10 + 8)
+    tiles = [figure[6:6 + 48, 4 + i * 70:4 + i * 70 + 60] for i in range(4)]
+    assert all((figure[6 + 48 + 4:6 + 48 + 20, 4 + i * 70:4 + i * 70 + 60] < 128).any() for i in range(4)), \
+        "every tile is captioned below"
+    grey = np.array(matplotlib.colors.to_rgb(viz.NOT_SELECTED)) * 255
+    unselected = [(np.abs(t.astype(int) - grey).max(axis=-1) <= 1).mean() for t in tiles]
+    assert unselected[1] > 0.5 and unselected[3] > 0.5
+    assert unselected[0] < 0.1 and unselected[2] < 0.1
+    # one scale for all: the largest contribution of either map is inferno's top colour, the smallest its bottom
+    maps = {0: view.contributions[0], 2: view.contributions[2]}
+
+    def cell_colour(expert: int, index: int) -> np.ndarray:
+        row, column = np.unravel_index(index, maps[expert].shape)
+        return tiles[expert][row * 6 + 3, column * 6 + 3]  # 6 px per cell
+
+    brightest = max(maps, key=lambda e: maps[e].max())
+    darkest = min(maps, key=lambda e: maps[e].min())
+    np.testing.assert_array_equal(cell_colour(brightest, maps[brightest].argmax()), _top_colour("depth", 1.0))
+    np.testing.assert_array_equal(cell_colour(darkest, maps[darkest].argmin()), _top_colour("depth", 0.0))
 
 
-def test_gate_heatmap_rows_and_columns():
-    coefficients = np.array([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.0, 0.5], [0.2, 0.8, 0.0, 0.0]])
+def test_gate_heatmap_rows_columns_and_annotations():
+    coefficients = np.array([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.0, 0.5], [0.1, 0.9, 0.0, 0.0]])
     cell = (40, 20)
     image = viz.gate_heatmap(coefficients, ["first", "second", "third"], cell=cell)
     pixels = np.asarray(image)
+    assert image.width > 4 * cell[0] + 60 and image.height > 3 * cell[1] + 40
     # locate the grid: the top-left pixel of the first cell has the colour of coefficient [0, 0]
     grid_colour = viz.colormap(coefficients, "gate")
+    np.testing.assert_array_equal(grid_colour, matplotlib.colormaps["Purples"](coefficients, bytes=True)[..., :3])
     rows, columns = np.nonzero((pixels == grid_colour[0, 0]).all(axis=-1))
     top, left = rows.min(), columns.min()
     for r in range(3):
@@ -210,16 +255,50 @@ def test_gate_heatmap_rows_and_columns():
             np.testing.assert_array_equal(corner, grid_colour[r, c])
     assert left > 30, "row labels sit left of the grid"
     assert (pixels[top + 2 * cell[1] + 2: top + 3 * cell[1] - 2, :left - 4] != 255).any()
+    assert (pixels[:top - 2, left:left + cell[0]] < 128).any(), "column labels sit above the grid"
+
+    def cell_pixels(r: int, c: int) -> np.ndarray:
+        return pixels[top + r * cell[1] + 3: top + (r + 1) * cell[1] - 4,
+                      left + c * cell[0] + 3: left + (c + 1) * cell[0] - 4].reshape(-1, 3).astype(int)
+
+    dark_cell, light_cell, empty_cell = cell_pixels(2, 1), cell_pixels(2, 0), cell_pixels(0, 1)
+    assert (dark_cell.min(axis=-1) > 240).any(), "values on dark cells are written in white"
+    assert (light_cell.max(axis=-1) < 100).any(), "values on light cells are written in dark ink"
+    assert (empty_cell == grid_colour[0, 1]).all(), "unselected experts get no value"
     with pytest.raises(ValueError, match="row labels"):
         viz.gate_heatmap(coefficients, ["only one"])
 
 
 def test_scan_overview_grid_and_remix():
-    scans = viz.scan_views(_diagnostics())
-    overview = viz.scan_overview(scans, (8, 10), tile=50)
-    assert overview.width >= 110 + 2 * 58 and overview.height > 2 * 58
+    scans = viz.scan_views(_diagnostics())  # levels 1 and 2, streams T and R, 8x10 and 4x5 maps
+    overview = np.asarray(viz.scan_overview(scans, (8, 10), tile=50))
+    assert overview.shape[:2] == (6 + 2 * 40 + 8 + 76, 24 + 2 * (50 + 8))
+    tiles = {(row, column): overview[6 + row * 48: 6 + row * 48 + 40, 24 + column * 58: 24 + column * 58 + 50]
+             for row in range(2) for column in range(2)}
+    by_key = {(v.stream, v.level): v for v in scans}
+    for (row, column), tile in tiles.items():
+        view = by_key["TR"[row], column + 1]
+        shape = view.proximity.shape
+        centres = tile[(np.arange(shape[0]) * 40 // shape[0] + 40 // shape[0] // 2)[:, None],
+                       np.arange(shape[1]) * 50 // shape[1] + 50 // shape[1] // 2]
+        rank = viz.scan_rank(view.order, shape) / (view.order.size - 1)
+        np.testing.assert_array_equal(centres, viz.colormap(rank, "order"))
+    assert (overview[6 + 88 + 4:6 + 88 + 20, 24:74] < 128).any(), "level captions under the grid are missing"
+    assert (overview[6:46, :20] < 128).any(), "stream labels left of the grid are missing"
     t = np.full((2, 2, 3), 0.25, np.float32)
     r = np.full((2, 2, 3), 0.5, np.float32)
     np.testing.assert_array_equal(viz.remix(t, r, 0.0), 64)
     np.testing.assert_array_equal(viz.remix(t, r, 1.0), 191)
     np.testing.assert_array_equal(viz.remix(t, 4 * r, 1.0), 255)
+
+
+def test_figures_leave_no_pyplot_figures_open():
+    import matplotlib.pyplot as plt
+
+    scans, experts = viz.scan_views(_diagnostics()), viz.expert_views(_diagnostics())
+    viz.depth_figure(np.random.default_rng(0).random((8, 10)))
+    viz.scan_overview(scans, (8, 10))
+    viz.scan_animation(scans[0], (8, 10), frames=2)
+    viz.expert_figure(experts[0], (8, 10))
+    viz.gate_heatmap(np.stack([e.coefficients for e in experts]), [e.label for e in experts])
+    assert plt.get_fignums() == []
