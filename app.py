@@ -2,7 +2,9 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
-                  [--native-scale]
+                  [--native-scale] [--dtype bfloat16|float16|float32|float64]
+
+On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
 
 A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
 writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
@@ -401,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int,
                         help=f"larger photos run downscaled (default: {CPU_MAX_PIXELS:,} on CPU, "
                              f"{DEFAULT_MAX_PIXELS:,} on GPU)")
-    add_weight_options(parser)
+    add_weight_options(parser, default_dtype=None)
     return parser
 
 
@@ -413,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = torch.device(args.device) if args.device else default_device()
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
+        dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
         PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
-                                        dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
+                                        dtype=dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
                                         native_scale=args.native_scale)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,14 +20,19 @@ def collect_images(paths: list[str]) -> list[Path]:
     return found
 
 
-def add_weight_options(parser: argparse.ArgumentParser) -> None:
+def add_weight_options(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
     """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
+    from .precision import CLI_DTYPES
+
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
     parser.add_argument("--memory", help="memory bank file (memory_banks_latest.pt)")
     parser.add_argument("--depth", help="MiDaS depth file (dpt_next_vit_large_384.pt)")
     parser.add_argument("--hub-repo", help="Hugging Face Hub repository to fetch missing files from")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default=default_dtype, choices=CLI_DTYPES,
+                        help="bfloat16/float16 keep the scan state, DAScan sort keys, MECM gates and memory "
+                             "reads in float32 (fast on CUDA; slower than float32 on most CPUs)"
+                             + ("" if default_dtype else " (default: bfloat16 on CUDA, else float32)"))
     parser.add_argument("--native-scale", action="store_true",
                         help="run photos at full size even where the weights were trained on smaller ones")
 
