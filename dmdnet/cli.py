@@ -1,4 +1,8 @@
-"""Command line: `python -m dmdnet separate PATH... --out DIR`."""
+"""Command line: `python -m dmdnet separate PATH... --out DIR`.
+
+`train`, `separate` and `evaluate` also run under `torchrun --nproc_per_node N -m dmdnet ...`:
+the processes split the work (`dmdnet.distributed`) and rank 0 alone prints and writes
+the results."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +46,7 @@ def _separate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
+    from .distributed import Ranks
     from .images import InvalidImageError, save_png
 
     images = collect_images(args.paths)
@@ -56,8 +61,11 @@ def _separate(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    ranks = Ranks.current(pipe.device)
+    share = ranks.share(images)
     failed = 0
-    for path in tqdm(images, desc="separating", unit="image"):
+    for path in tqdm(share, desc=f"separating (rank 0: {len(share)} of {len(images)})" if ranks.distributed
+                     else "separating", unit="image", disable=not ranks.is_main):
         try:
             result = pipe.separate(path)
         except InvalidImageError as error:
@@ -66,8 +74,10 @@ def _separate(args: argparse.Namespace) -> int:
             continue
         save_png(result.transmission, out / "transmission_layer" / f"{path.stem}.png")
         save_png(result.reflection, out / "reflection_layer" / f"{path.stem}.png")
-    print(f"wrote {len(images) - failed} of {len(images)} images to {out}/transmission_layer "
-          f"and {out}/reflection_layer ({pipe.weights.label}, {pipe.device}, {pipe.dtype})")
+    written, failed = int(ranks.sum(len(share) - failed)), int(ranks.sum(failed))
+    if ranks.is_main:
+        print(f"wrote {written} of {len(images)} images to {out}/transmission_layer and {out}/reflection_layer "
+              f"({pipe.weights.label}, {ranks.describe(pipe.device)}, {pipe.dtype})")
     return 1 if failed else 0
 
 
@@ -76,6 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
+    from .distributed import Ranks
     from .evaluation import evaluate_dataset, to_255, write_tables
 
     try:
@@ -89,11 +100,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = pipe.separate(path)
         return to_255(result.transmission), to_255(result.reflection)
 
+    ranks = Ranks.current(pipe.device)
     rows = []
     for folder in map(Path, args.datasets):
-        rows += evaluate_dataset(folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image"))
+        rows += ranks.gather_lists(evaluate_dataset(
+            folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image", disable=not ranks.is_main),
+            select=ranks.share))
+    if not ranks.is_main:
+        return 0
     markdown = write_tables(rows, Path(args.out))
-    print(f"weights: {pipe.weights.label} ({pipe.device}, {pipe.dtype})\n\n{markdown}")
+    print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
     print(f"per-image scores and summary written to {args.out}/")
     return 0
 
@@ -128,8 +144,10 @@ def _train(args: argparse.Namespace) -> int:
         loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
-    Trainer(settings).run()
-    print(f"checkpoints in {settings.out}")
+    trainer = Trainer(settings)
+    trainer.run()
+    if trainer.ranks.is_main:
+        print(f"checkpoints in {settings.out}")
     return 0
 
 
@@ -222,5 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import process_group
+
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    with process_group(getattr(args, "device", None)) as ranks:
+        if ranks.distributed:
+            args.device = str(ranks.device)
+        return args.run(args)
