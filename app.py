@@ -407,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def inference_dtype(requested: str | None, device: torch.device) -> str:
+    """--dtype when given, else bfloat16 on a GPU (the Space's) and float32 on a CPU."""
+    return requested or ("bfloat16" if device.type == "cuda" else "float32")
+
+
 def main(argv: list[str] | None = None) -> int:
     global PIPELINE
     args = build_parser().parse_args(argv)
@@ -415,9 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = torch.device(args.device) if args.device else default_device()
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
-        dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
         PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
-                                        dtype=dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
+                                        dtype=inference_dtype(args.dtype, device), hub_repo=args.hub_repo, max_pixels=max_pixels,
                                         native_scale=args.native_scale)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
