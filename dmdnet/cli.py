@@ -240,10 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import process_group
+    from .distributed import LaunchError, process_group
 
     args = build_parser().parse_args(argv)
-    with process_group(getattr(args, "device", None)) as ranks:
-        if ranks.distributed:
-            args.device = str(ranks.device)
-        return args.run(args)
+    try:
+        with process_group(getattr(args, "device", None)) as ranks:
+            if ranks.distributed:
+                args.device = str(ranks.device)
+            return args.run(args)
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

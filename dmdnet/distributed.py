@@ -28,6 +28,10 @@ T = TypeVar("T")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+class LaunchError(RuntimeError):
+    """The processes cannot be placed as asked (a message for the command line)."""
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process was started by torchrun (or anything that sets its variables)."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
@@ -40,10 +44,10 @@ def process_device(requested: str | None, local_rank: int, processes_here: int) 
     if device.type != "cuda":
         return device
     if device.index is not None and processes_here > 1:
-        raise ValueError(f"--device {requested}: under torchrun process LOCAL_RANK takes cuda:LOCAL_RANK; "
+        raise LaunchError(f"--device {requested}: under torchrun process LOCAL_RANK takes cuda:LOCAL_RANK; "
                          "pass --device cuda (or nothing)")
     if processes_here > torch.cuda.device_count():
-        raise ValueError(f"{processes_here} processes on this machine but {torch.cuda.device_count()} "
+        raise LaunchError(f"{processes_here} processes on this machine but {torch.cuda.device_count()} "
                          "CUDA devices: pass --nproc_per_node at most the number of GPUs")
     return torch.device("cuda", local_rank if device.index is None else device.index)
 

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from conftest import REPO_ROOT
-from dmdnet.distributed import Ranks, process_group
+from dmdnet.distributed import LaunchError, Ranks, process_device, process_group
 from dmdnet.losses import LossWeights
 from dmdnet.training import MEMORY_NAME, MODEL_NAME, Trainer, TrainSettings
 
@@ -134,6 +134,17 @@ def test_shares_cover_every_item_once_in_order():
         shares = [Ranks(rank, world).share(items) for rank in range(world)]
         assert sum(shares, []) == items
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_each_process_takes_its_own_gpu_or_is_told_why_not():
+    assert process_device("cpu", 1, 2) == torch.device("cpu")
+    with pytest.raises(LaunchError, match="pass --device cuda"):
+        process_device("cuda:1", 0, 2)
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(LaunchError, match="2 processes on this machine"):
+            process_device("cuda", 0, 2)
+    else:
+        assert process_device(None, 1, 2) == torch.device("cuda", 1)
 
 
 def test_torchrun_separate_writes_each_image_once(tmp_path, lite_checkpoints):
