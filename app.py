@@ -2,7 +2,9 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
-                  [--native-scale] [--max-queue N]
+                  [--native-scale] [--max-queue N] [--dtype bfloat16|float16|float32|float64]
+
+On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
 
 A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
 writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
@@ -415,8 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=positive_int, default=QUEUE_SIZE,
                         help="requests that may wait for the network; beyond it clients get "
                              f"\"queue full\" and should retry (default {QUEUE_SIZE})")
-    add_weight_options(parser)
+    add_weight_options(parser, default_dtype=None)
     return parser
+
+
+def inference_dtype(requested: str | None, device: torch.device) -> str:
+    """--dtype when given, else bfloat16 on a GPU (the Space's) and float32 on a CPU."""
+    return requested or ("bfloat16" if device.type == "cuda" else "float32")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
         PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
-                                        dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=max_pixels,
+                                        dtype=inference_dtype(args.dtype, device), hub_repo=args.hub_repo, max_pixels=max_pixels,
                                         native_scale=args.native_scale)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

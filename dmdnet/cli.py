@@ -1,4 +1,8 @@
-"""Command line: `python -m dmdnet separate PATH... --out DIR`."""
+"""Command line: `python -m dmdnet separate PATH... --out DIR`.
+
+`train`, `separate` and `evaluate` also run under `torchrun --nproc_per_node N -m dmdnet ...`:
+the processes split the work (`dmdnet.distributed`) and rank 0 alone prints and writes
+the results."""
 from __future__ import annotations
 
 import argparse
@@ -96,14 +100,19 @@ BENCHMARK_SETS = tuple(f"../shared/data/{name}" for name in (
 real Location-aware SIRR test pairs and CEILNet's synthetic test set."""
 
 
-def add_weight_options(parser: argparse.ArgumentParser) -> None:
+def add_weight_options(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
     """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
+    from .precision import CLI_DTYPES
+
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
     parser.add_argument("--memory", help="memory bank file (memory_banks_latest.pt)")
     parser.add_argument("--depth", help="MiDaS depth file (dpt_next_vit_large_384.pt)")
     parser.add_argument("--hub-repo", help="Hugging Face Hub repository to fetch missing files from")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default=default_dtype, choices=CLI_DTYPES,
+                        help="bfloat16/float16 keep the scan state, DAScan sort keys, MECM gates and memory "
+                             "reads in float32 (fast on CUDA; slower than float32 on most CPUs)"
+                             + ("" if default_dtype else " (default: bfloat16 on CUDA, else float32)"))
     parser.add_argument("--native-scale", action="store_true",
                         help="run photos at full size even where the weights were trained on smaller ones")
 
@@ -113,6 +122,7 @@ def _separate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
+    from .distributed import Ranks
     from .images import InvalidImageError, frame_count, save_png
     from .pipeline import resolve_device
 
@@ -130,8 +140,11 @@ def _separate(args: argparse.Namespace) -> int:
                              native_scale=args.native_scale)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
+    ranks = Ranks.current(pipe.device)
+    share = ranks.share(list(zip(images, names)))
     written = 0
-    for path, name in zip(tqdm(images, desc="separating", unit="image"), names):
+    for path, name in tqdm(share, desc=f"separating (rank 0: {len(share)} of {len(images)})"
+                           if ranks.distributed else "separating", unit="image", disable=not ranks.is_main):
         try:
             result = pipe.separate(path)
             frames = frame_count(path)
@@ -150,8 +163,10 @@ def _separate(args: argparse.Namespace) -> int:
             tqdm.write(f"{path}: written as {name}.png (another input is also named {path.stem})")
         if frames > 1:
             tqdm.write(f"{path}: has {frames} frames; the first was separated")
-    print(f"wrote {written} of {len(images)} images to {out}/transmission_layer "
-          f"and {out}/reflection_layer ({pipe.weights.label}, {pipe.device}, {pipe.dtype})")
+    written = int(ranks.sum(written))
+    if ranks.is_main:
+        print(f"wrote {written} of {len(images)} images to {out}/transmission_layer and {out}/reflection_layer "
+              f"({pipe.weights.label}, {ranks.describe(pipe.device)}, {pipe.dtype})")
     return 0 if written == len(images) else 1
 
 
@@ -160,6 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
+    from .distributed import Ranks
     from .evaluation import evaluate_dataset, to_255, write_tables
 
     missing = [name for name in args.datasets if not (Path(name) / "blended").is_dir()]
@@ -175,11 +191,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = pipe.separate(path)
         return to_255(result.transmission), to_255(result.reflection)
 
+    ranks = Ranks.current(pipe.device)
     rows = []
     for folder in map(Path, args.datasets):
-        rows += evaluate_dataset(folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image"))
+        rows += ranks.gather_lists(evaluate_dataset(
+            folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image", disable=not ranks.is_main),
+            select=ranks.share))
+    if not ranks.is_main:
+        return 0
     markdown = write_tables(rows, Path(args.out))
-    print(f"weights: {pipe.weights.label} ({pipe.device}, {pipe.dtype})\n\n{markdown}")
+    print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
     print(f"per-image scores and summary written to {args.out}/")
     return 0
 
@@ -214,8 +235,10 @@ def _train(args: argparse.Namespace) -> int:
         loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
-    Trainer(settings).run()
-    print(f"checkpoints in {settings.out}")
+    trainer = Trainer(settings)
+    trainer.run()
+    if trainer.ranks.is_main:
+        print(f"checkpoints in {settings.out}")
     return 0
 
 
@@ -310,9 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import LaunchError, process_group
+
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except UsageError as error:
+        with process_group(getattr(args, "device", None)) as ranks:
+            if ranks.distributed:
+                args.device = str(ranks.device)
+            return args.run(args)
+    except (UsageError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from .dascan import global_order, regional_order
 from .diagnostics import CallSite, ForwardObserver
 from .layers import lrelu
 from .ops.scan import selective_scan
+from .precision import output_dtype
 
 NUM_DIRECTIONS = 2
 
@@ -49,6 +50,10 @@ def _gather_sequence(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 class DSMamba(nn.Module):
     """Selective-scan mixing of a (T, R) feature pair guided by a proximity feature map."""
+
+    float32_tensors = ("a_log_transmission", "a_log_reflection", "skip_transmission", "skip_reflection",
+                       "dt_proj_bias", "proximity_fuse.weight", "proximity_fuse.bias")
+    """The scan's A, D and step bias, and the conv that makes the DAScan sort keys (`dmdnet.precision`)."""
 
     def __init__(self, channels: int, d_state: int = 16):
         super().__init__()
@@ -108,7 +113,7 @@ class DSMamba(nn.Module):
         batch, c, h, w = x.shape
         length = h * w
         tokens, order = self._tokens_in_scan_order(x, proximity, position, regional, report)
-        decay = -torch.exp(a_log.float()).to(x.dtype)
+        decay = -torch.exp(a_log.float()).to(output_dtype(x.dtype))
         unscanned = x.new_zeros(batch, c, length)
         for k, index in enumerate((order, order.flip(-1))):  # one direction at a time bounds memory
             channels = slice(k * c, (k + 1) * c)
@@ -139,7 +144,8 @@ class DSMamba(nn.Module):
         """The scanned features (B, C, L) with their positional code, and the stream's DAScan order."""
         batch, c, h, w = x.shape
         x = F.silu(self.dwconv(F.conv2d(x, self.in_proj.weight[:c, :, None, None])))
-        stream_proximity = torch.sigmoid(lrelu(self.proximity_fuse(torch.cat([x, proximity], dim=1))))
+        fuse_input = torch.cat([x, proximity], dim=1).to(self.proximity_fuse.weight.dtype)
+        stream_proximity = torch.sigmoid(lrelu(self.proximity_fuse(fuse_input)))
         order = regional_order(stream_proximity) if regional else global_order(stream_proximity)
         site, block, stream, observer = report
         if observer is not None:

@@ -106,10 +106,12 @@ Separator = Callable[[Path], tuple[np.ndarray, np.ndarray]]
 """blended file -> (T, R) as (H, W, 3) arrays on a 0-255 scale."""
 
 
-def evaluate_dataset(folder: Path, separate: Separator, progress=None) -> list[dict]:
-    """One row per image: method ("model" or "identity"), layer, metrics."""
+def evaluate_dataset(folder: Path, separate: Separator, progress=None,
+                     select: Callable[[list[PairFiles]], list[PairFiles]] = list) -> list[dict]:
+    """One row per image: method ("model" or "identity"), layer, metrics; `select` picks the
+    pairs to score (a distributed run's share, `dmdnet.distributed.Ranks.share`)."""
     rows = []
-    pairs = dataset_pairs(folder)
+    pairs = select(dataset_pairs(folder))
     for pair in progress(pairs) if progress else pairs:
         blended = to_255(to_tensor(pair.blended))
         outputs = {"model": separate(pair.blended), "identity": (blended, blended)}

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import output_dtype
+
 NEGATIVE_SLOPE = 0.2
 
 
@@ -19,7 +21,8 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) map, per pixel (biased variance)."""
+    """LayerNorm over the channels of a (B, C, H, W) map, per pixel (biased variance); half-type
+    inputs are normalised in float32."""
 
     def __init__(self, channels: int, eps: float):
         super().__init__()
@@ -28,10 +31,11 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / (var + self.eps).sqrt()
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        y = x.to(output_dtype(x.dtype))
+        mean = y.mean(1, keepdim=True)
+        var = (y - mean).pow(2).mean(1, keepdim=True)
+        y = (y - mean) / (var + self.eps).sqrt()
+        return (y * self.weight[:, None, None] + self.bias[:, None, None]).to(x.dtype)
 
 
 class ChannelAttention(nn.Module):

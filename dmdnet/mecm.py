@@ -12,10 +12,14 @@ import torch.nn.functional as F
 
 from .diagnostics import CallSite, ForwardObserver
 from .layers import lrelu
+from .precision import output_dtype
 
 
 class ExpertGate(nn.Module):
     """Deterministic top-k gate: scores plus normalised softplus "noise", softmax over the chosen."""
+
+    float32_tensors = ("noise_fc.weight", "noise_fc.bias", "score_fc.weight", "score_fc.bias")
+    """A top-k choice and a spread normalisation: computed in float32 (`dmdnet.precision`)."""
 
     def __init__(self, channels: int, num_experts: int, top_k: int):
         super().__init__()
@@ -25,7 +29,7 @@ class ExpertGate(nn.Module):
         nn.init.zeros_(self.score_fc.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x.amax((2, 3)) + x.mean((2, 3))
+        pooled = (x.amax((2, 3)) + x.mean((2, 3))).to(self.score_fc.weight.dtype)
         scores = lrelu(self.score_fc(pooled))
         noise = F.softplus(self.noise_fc(pooled))
         noise = (noise - noise.mean(1, keepdim=True)) / noise.std(1, keepdim=True)
@@ -34,9 +38,9 @@ class ExpertGate(nn.Module):
         return torch.softmax(masked, dim=1)
 
 
-def global_query(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C): the query an expert matches against its memory slots."""
-    return x.mean((2, 3))
+def global_query(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): the query an expert matches against its memory slots (in `dtype`)."""
+    return x.mean((2, 3), dtype=dtype)
 
 
 class MemoryExpert(nn.Module):
@@ -49,9 +53,10 @@ class MemoryExpert(nn.Module):
                                         dilation=dilation, groups=channels)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        query = global_query(x)
+        """Slot matching runs in the memory's dtype (float32 under a half-type `x`)."""
+        query = global_query(x, memory.dtype)
         attention = torch.softmax(query @ memory.t(), dim=1)
-        global_read = torch.sigmoid(query + attention @ memory)[:, :, None, None] * x
+        global_read = torch.sigmoid(query + attention @ memory).to(x.dtype)[:, :, None, None] * x
         fused = lrelu(self.fusion(torch.cat([global_read, self.spatial_read(x, memory)], dim=1)))
         return lrelu(self.dilated_dwconv(fused))
 
@@ -59,12 +64,12 @@ class MemoryExpert(nn.Module):
     def spatial_read(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Per pixel, the softmax-weighted mix of the two best-matching memory slots."""
         batch, c, h, w = x.shape
-        scores = torch.einsum("sc,bcl->bsl", memory, x.reshape(batch, c, h * w))
+        scores = torch.einsum("sc,bcl->bsl", memory, x.reshape(batch, c, h * w).to(memory.dtype))
         top_scores, top_slots = torch.topk(scores, 2, dim=1)
         weights = torch.softmax(top_scores, dim=1)
         read = (weights[:, 0, :, None] * memory[top_slots[:, 0]]
                 + weights[:, 1, :, None] * memory[top_slots[:, 1]])
-        return read.transpose(1, 2).reshape(batch, c, h, w)
+        return read.transpose(1, 2).reshape(batch, c, h, w).to(x.dtype)
 
 
 class MECM(nn.Module):
@@ -86,13 +91,13 @@ class MECM(nn.Module):
             if selected.numel() == 0:
                 continue
             inputs = x[selected]
-            weighted = expert(inputs, bank[e]) * coefficients[selected, e, None, None, None]
+            weighted = expert(inputs, bank[e]) * coefficients[selected, e, None, None, None].to(x.dtype)
             out = out.index_add(0, selected, weighted)
             if observer is not None:
                 observer.add_memory_read(site, stream, bank, e, selected, global_query(inputs))
                 if observer.records_contributions:
-                    contribution = torch.zeros_like(x[:, 0])
-                    contribution[selected] = weighted.abs().mean(1)
+                    contribution = torch.zeros_like(x[:, 0], dtype=output_dtype(x.dtype))
+                    contribution[selected] = weighted.abs().mean(1, dtype=contribution.dtype)
                     contributions[e] = contribution
         if observer is not None:
             observer.add_experts(site, stream, coefficients, contributions)

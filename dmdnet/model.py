@@ -89,6 +89,8 @@ class MemoryBanks(nn.Module):
 
     def __init__(self, config: DMDNetConfig):
         super().__init__()
+        self.float32_tensors = tuple(memory_bank_names(config))
+        """Matched against in float32 under half-type features (`dmdnet.precision`)."""
         for name, channels in memory_bank_names(config).items():
             bank = F.normalize(torch.rand(config.num_experts, channels, channels), dim=1)
             self.register_buffer(name, bank, persistent=False)

@@ -26,6 +26,7 @@ from .depth import MidasDPT
 from .diagnostics import Diagnostics
 from .images import ImageInput, to_tensor
 from .model import DMDNet
+from .precision import cast_module, output_dtype, parse_dtype
 from .proximity import ProximityEstimator
 from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
 
@@ -79,18 +80,20 @@ def working_size(height: int, width: int, max_pixels: int,
 
 
 class Pipeline:
-    """A loaded depth model and DMDNet on one device and dtype."""
+    """A loaded depth model and DMDNet on one device and dtype (in a half type, float32 where
+    precision matters: see `dmdnet.precision`; results always come back in `output_dtype`)."""
 
     def __init__(self, model: DMDNet, depth_model: nn.Module, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  weights: WeightsInfo | None = None, max_short_side: int | None = None):
         self.device = torch.device(device)
         self.dtype = dtype
+        self.output_dtype = output_dtype(dtype)
         self.max_pixels = max_pixels
         self.max_short_side = max_short_side
         self.weights = weights or WeightsInfo("unnamed weights")
-        self.model = model.to(self.device, dtype).eval()
-        self.depth_model = depth_model.to(self.device, dtype).eval()
+        self.model = cast_module(model.to(self.device), dtype).eval()
+        self.depth_model = cast_module(depth_model.to(self.device), dtype).eval()
 
     @property
     def pad_multiple(self) -> int:
@@ -99,18 +102,19 @@ class Pipeline:
     @torch.inference_mode()
     def separate(self, image: ImageInput, diagnostics: bool = False) -> SeparationResult:
         """Separates one image. `diagnostics=True` also records depth, scans and expert maps."""
-        full = to_tensor(image).to(self.device, self.dtype)
+        full = to_tensor(image).to(self.device, self.output_dtype)
         height, width = full.shape[-2:]
         size = working_size(height, width, self.max_pixels, self.max_short_side)
         work = full if size == (height, width) else F.interpolate(
             full, size=size, mode="bilinear", align_corners=False, antialias=True)
 
-        padded = pad_to_multiple(work, self.pad_multiple)
+        padded = pad_to_multiple(work, self.pad_multiple).to(self.dtype)
         record = Diagnostics() if diagnostics else None
         features = self.depth_model(padded)
         transmission, reflection = self.model(padded, features, record)
         crop = (..., slice(0, size[0]), slice(0, size[1]))
-        transmission, reflection, depth = transmission[crop], reflection[crop], features.depth[crop]
+        transmission, reflection, depth = (x[crop].to(self.output_dtype)
+                                           for x in (transmission, reflection, features.depth))
         if record is not None:
             record.depth = depth.detach().cpu()
 
@@ -140,17 +144,6 @@ def resolve_device(name: str | None) -> torch.device:
         reason = (str(error).splitlines() or [""])[0]
         raise ValueError(f"--device {name} cannot be used here ({reason})") from None
     return device
-
-
-def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """torch.float32 or "float32"/"fp32"/"float64"/... -> torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
-             "fp64": torch.float64, "double": torch.float64}
-    if dtype not in names:
-        raise ValueError(f"unsupported dtype {dtype!r}: use float32 or float64")
-    return names[dtype]
 
 
 def _released_pipeline_parts(config: DMDNetConfig, checkpoint: object, paths: dict

@@ -69,7 +69,7 @@ class RealPairSampler:
     """Draws random crops of real pairs with the synthetic pairs' augmentation (rescale,
     flips, rotations, P x P crop), blended and transmission cut alike."""
 
-    def __init__(self, pairs: list[RealPair], patch: int, seed: int = 0):
+    def __init__(self, pairs: list[RealPair], patch: int, seed: int | tuple[int, ...] = 0):
         if not pairs:
             raise ValueError("no real training pairs (every pair found is held out for validation)")
         self.names = [pair.name for pair in pairs]

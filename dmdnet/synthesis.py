@@ -132,7 +132,7 @@ def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.ran
 class PairSampler:
     """Draws random synthetic batches from a pool of natural photos."""
 
-    def __init__(self, files: list[Path], patch: int, seed: int = 0,
+    def __init__(self, files: list[Path], patch: int, seed: int | tuple[int, ...] = 0,
                  settings: SynthesisSettings = SynthesisSettings()):
         if len(files) < 2:
             raise ValueError("need at least two natural images to synthesise pairs")

@@ -5,6 +5,14 @@ proximity estimator; `--preset released --depth dpt_next_vit_large_384.pt` train
 the authors' configuration with MiDaS frozen, as they did. `--real DIR` mixes real pairs
 into every batch and holds `dmdnet.real_pairs.VALIDATION_PAIRS` out of training: the
 checkpoint that scores best on them is kept in `best/`.
+
+Under `torchrun` (`dmdnet.distributed`) every process trains a DistributedDataParallel copy on
+its own batches (`batch` each, its own random stream), rank 0 validates, logs and writes the
+files, and the memory banks take the same update on every rank: the one the batches of all
+ranks together give. The L1 and gradient losses are per-sample means, so their averaged
+gradient is that of the concatenated batch; the balance, alignment and triplet terms are
+batch statistics and are taken over each process's own batch. A run resumes with any number
+of processes (`steps` counts optimiser steps, each on `batch` x processes pairs).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from .checkpoints import (load_dmdnet_weights, load_memory_banks, load_midas_wei
                           save_dmdnet_checkpoint, warm_start)
 from .config import DMDNetConfig
 from .depth import MidasDPT
+from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
 from .pipeline import pad_to_multiple
@@ -83,6 +92,19 @@ def build_models(preset: str, depth: Path | None) -> tuple[DMDNet, nn.Module, bo
     return model, midas.requires_grad_(False), False
 
 
+class SeparationNetwork(nn.Module):
+    """The depth model and DMDNet as one module, the unit DistributedDataParallel wraps."""
+
+    def __init__(self, model: DMDNet, depth_model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.depth_model = depth_model
+
+    def forward(self, image: torch.Tensor, observer: TrainingObserver | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(image, self.depth_model(image), observer)
+
+
 def learning_rate(step: int, settings: TrainSettings) -> float:
     """Linear warm-up, then cosine decay to `min_lr`."""
     if step < settings.warmup:
@@ -120,13 +142,15 @@ def validate_real(model: DMDNet, depth_model: nn.Module,
 
 
 class Trainer:
-    """Owns the models, optimiser and data of one training run in `settings.out`."""
+    """Owns the models, optimiser and data of one training run in `settings.out`, on this
+    process's rank of `ranks` (all ranks of a distributed run construct one)."""
 
-    def __init__(self, settings: TrainSettings):
+    def __init__(self, settings: TrainSettings, ranks: Ranks | None = None):
         self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.ranks = ranks or Ranks.current(self.device)
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth)
         params = list(self.model.parameters()) + (
             list(self.depth_model.parameters()) if self.trains_depth else [])
@@ -141,17 +165,27 @@ class Trainer:
             self._warm_start(Path(settings.init))
         self.model.to(self.device)
         self.depth_model.to(self.device)
+        self._check_same_start()
+        self.network = self.ranks.data_parallel(SeparationNetwork(self.model, self.depth_model))
         self._train_mode()
-        self.sampler = PairSampler(list_images(settings.data), settings.patch, settings.seed + self.step,
-                                   settings.synthesis)
+        self.sampler = PairSampler(list_images(settings.data), settings.patch,
+                                   self.ranks.seed(settings.seed + self.step), settings.synthesis)
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)
         train_pairs, held_out = split_validation(real_pairs(settings.real), settings.real_validation)
-        self.real_sampler = (RealPairSampler(train_pairs, settings.patch, settings.seed + self.step + 1)
+        self.real_sampler = (RealPairSampler(train_pairs, settings.patch,
+                                             self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
         self.real_validation = validation_images(held_out, short_side_range(settings.patch)[1],
                                                  self.model.config.pad_multiple)
+
+    def _check_same_start(self) -> None:
+        """Every rank must have resumed from the same step (one `out` that all of them read)."""
+        steps = self.ranks.all_gather_objects(self.step)
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"the ranks resumed at different steps {steps}: every process must read the "
+                               f"same {self.out} (on several machines, a folder they all share)")
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -170,8 +204,9 @@ class Trainer:
     def _warm_start(self, model_path: Path) -> None:
         skipped = warm_start(self.model, self.depth_model if self.trains_depth else None,
                              model_path, model_path.with_name(MEMORY_NAME))
-        tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
-                   + "".join(f"\n  {name}" for name in skipped))
+        if self.ranks.is_main:
+            tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
+                       + "".join(f"\n  {name}" for name in skipped))
 
     def save_weights(self, folder: Path) -> None:
         """The model and memory-bank files (released formats) of the current weights."""
@@ -204,14 +239,18 @@ class Trainer:
         inputs, t_target, r_target = (x.to(self.device) for x in batch[:3])
         real = batch[3] if len(batch) > 3 else None
         observer = TrainingObserver()
-        t, r = self.model(inputs, self.depth_model(inputs), observer)
+        t, r = self.network(inputs, observer)
         loss, parts = separation_loss(t, r, t_target, r_target, observer, self.settings.loss, real)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                  self.settings.grad_clip)
         self.optimizer.step()
-        observer.evolve_memory()
+        if self.ranks.distributed:
+            observer.evolve_memory_across_ranks(list(self.model.memory.buffers()), len(inputs),
+                                                self.ranks.all_gather)
+        else:
+            observer.evolve_memory()
         self.step += 1
         return {"loss": float(loss.detach()), **parts}
 
@@ -232,27 +271,38 @@ class Trainer:
         return scores
 
     def log(self, record: dict) -> None:
-        with open(self.out / "log.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": self.step, **record}) + "\n")
+        """Appends one record to log.jsonl (rank 0 only)."""
+        if self.ranks.is_main:
+            with open(self.out / "log.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": self.step, "world_size": self.ranks.world_size, **record}) + "\n")
+
+    def time_left(self, deadline: float) -> bool:
+        """Before `deadline` (monotonic seconds) on every rank, so that all ranks stop together."""
+        return deadline == math.inf or not self.ranks.any(time.monotonic() >= deadline)
 
     def run(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.ranks.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.log({"event": "start", "real_training": self.real_sampler.names if self.real_sampler else [],
                   "real_validation": [name for name, *_ in self.real_validation]})
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
-        bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step")
-        while self.step < self.settings.steps and time.monotonic() < deadline:
+        bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step", disable=not main)
+        while self.step < self.settings.steps and self.time_left(deadline):
             parts = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}")
             if self.step % self.settings.validate_every == 0 and (self.validation is not None
                                                                   or self.real_validation):
-                scores = self.validate()
-                self.log({"train": parts, **scores})
-                bar.write(f"step {self.step}: " + "; ".join(
-                    f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f} dB)"
-                    for kind, s in scores.items()))
-            if self.step % self.settings.save_every == 0:
+                parts = self.ranks.mean_of(parts)
+                if main:
+                    scores = self.validate()
+                    self.log({"train": parts, **scores})
+                    bar.write(f"step {self.step}: " + "; ".join(
+                        f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f} dB)"
+                        for kind, s in scores.items()))
+            if self.step % self.settings.save_every == 0 and main:
                 self.save()
         bar.close()
-        self.save()
+        if main:
+            self.save()

@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to ../shared and the seeded-weight rule of the golden files."""
+"""Shared fixtures: paths to ../shared and the seeded-weight rule of the golden files.
+
+DMDNET_SHARED points at another copy of ../shared (a GPU machine that gets only the
+repository); DMDNET_TEST_DEVICE=cuda runs the parity tests on a GPU, with TF32 off so that
+float32 means float32 there too."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,12 +16,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = Path(os.environ.get("DMDNET_SHARED", REPO_ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
+TEST_DEVICE = os.environ.get("DMDNET_TEST_DEVICE", "cpu")
+
+if TEST_DEVICE != "cpu":
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
-def _load_seeded_module():
-    spec = importlib.util.spec_from_file_location("golden_seeded", GOLDEN / "seeded.py")
+def _load_seeded_module(golden: Path = GOLDEN):
+    spec = importlib.util.spec_from_file_location("golden_seeded", golden / "seeded.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,38 +57,45 @@ def official_midas_shapes(golden_dir) -> dict:
     return json.loads((golden_dir / "dpt_next_vit_large_384_keys.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def seeded_checkpoints(tmp_path_factory, seeded, official_dmdnet_shapes, official_midas_shapes) -> dict:
-    """The golden seeded weights written as real files in the three released formats."""
+def write_seeded_checkpoints(folder: Path, golden: Path = GOLDEN) -> dict[str, Path]:
+    """The golden seeded weights of the released configuration written into `folder` as real
+    files in the three released formats (also used by scripts/gpu_check.py)."""
     import torch
 
     from dmdnet.config import DMDNetConfig
     from dmdnet.model import memory_bank_names
 
-    folder = tmp_path_factory.mktemp("seeded_weights")
+    seeded = _load_seeded_module(golden)
     paths = {
         "model": folder / "model_latest.pt",
         "memory": folder / "memory_banks_latest.pt",
         "depth": folder / "dpt_next_vit_large_384.pt",
     }
-    network = seeded.seeded_state_dict(official_dmdnet_shapes)
+    network = seeded.seeded_state_dict(json.loads((golden / "dmdnet_official_keys.json").read_text()))
     torch.save({"epoch": 60, "iterations": 0, "network": network}, paths["model"])
     banks = {name: seeded.seeded_memory_bank(name, 4, channels)
              for name, channels in memory_bank_names(DMDNetConfig.released()).items()}
     torch.save(banks, paths["memory"])
-    torch.save(seeded.seeded_state_dict(official_midas_shapes), paths["depth"])
+    midas = json.loads((golden / "dpt_next_vit_large_384_keys.json").read_text())
+    torch.save(seeded.seeded_state_dict(midas), paths["depth"])
     return paths
 
 
 @pytest.fixture(scope="session")
+def seeded_checkpoints(tmp_path_factory, golden_dir) -> dict:
+    """The golden seeded weights written as real files in the three released formats."""
+    return write_seeded_checkpoints(tmp_path_factory.mktemp("seeded_weights"), golden_dir)
+
+
+@pytest.fixture(scope="session")
 def seeded_pipeline_float32(seeded_checkpoints):
-    """The released-size pipeline with seeded weights, float32 on the CPU (shared by many tests)."""
+    """The released-size pipeline with seeded weights, float32 on TEST_DEVICE (shared by many tests)."""
     import torch
 
     import dmdnet
 
     return dmdnet.load_pipeline(**{k: str(v) for k, v in seeded_checkpoints.items()},
-                                device="cpu", dtype=torch.float32)
+                                device=TEST_DEVICE, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

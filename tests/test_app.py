@@ -309,3 +309,12 @@ def test_concurrent_requests_all_complete(client, images, server):
     assert [r[5]["source"] for r in results] == ["rgb.png", "gray.png", "tiny.png"]
     assert len({r[5]["run"] for r in results}) == 3
     assert _answers(server.url)
+
+
+def test_the_space_runs_in_bfloat16_on_a_gpu_unless_told_otherwise():
+    import torch
+
+    assert app.build_parser().parse_args([]).dtype is None
+    assert app.inference_dtype(None, torch.device("cuda")) == "bfloat16"
+    assert app.inference_dtype(None, torch.device("cpu")) == "float32"
+    assert app.inference_dtype("float32", torch.device("cuda")) == "float32"
