@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .evaluation import dataset_pairs
 from .synthesis import load_images, random_patch
@@ -85,15 +84,10 @@ class RealPairSampler:
         return blended, transmission, reflection_estimate(blended, transmission)
 
 
-def validation_images(pairs: list[RealPair], short_side: int, multiple: int
-                      ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, input, T) of each validation pair, (1, 3, h, w) at the short side the weights
-    run photos at, cropped to multiples of the network's padding (no padding to score)."""
+def validation_images(pairs: list[RealPair]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, input, T) of each validation pair, (1, 3, H, W) in [0, 1] at full size."""
     images = []
     for pair in pairs:
         both = load_pair(pair)[None].float() / 255
-        scale = short_side / min(both.shape[-2:])
-        size = [max(multiple, round(s * scale) // multiple * multiple) for s in both.shape[-2:]]
-        both = F.interpolate(both, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         images.append((pair.name, both[:, :3], both[:, 3:]))
     return images

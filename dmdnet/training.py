@@ -33,7 +33,7 @@ from .depth import MidasDPT
 from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
-from .pipeline import pad_to_multiple
+from .pipeline import Pipeline
 from .proximity import ProximityEstimator
 from .evaluation import batch_psnr
 from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
@@ -126,16 +126,14 @@ def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, .
     return {"psnr_t": batch_psnr(prediction, t_targets), "psnr_identity": batch_psnr(inputs, t_targets)}
 
 
-@torch.no_grad()
-def validate_real(model: DMDNet, depth_model: nn.Module,
-                  images: list[tuple[str, torch.Tensor, torch.Tensor]], device) -> dict:
-    """Mean transmission PSNR of the model and of the identity on the real validation pairs,
-    and the model's score per pair."""
-    scores = {}
-    for name, image, target in images:
-        padded = pad_to_multiple(image.to(device), model.config.pad_multiple)
-        prediction = model(padded, depth_model(padded))[0][..., :image.shape[-2], :image.shape[-1]]
-        scores[name] = (batch_psnr(prediction.cpu(), target), batch_psnr(image, target))
+def validate_real(model: DMDNet, depth_model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
+                  device, trained_short_side: int) -> dict:
+    """Mean transmission PSNR of the model and of the identity on the real validation pairs at
+    their full size, and the model's score per pair. The model runs as `Pipeline` runs photos
+    (at the trained scale, the full-size T composed from it), so scores compare across scales."""
+    pipeline = Pipeline(model, depth_model, device, max_short_side=trained_short_side)
+    scores = {name: (batch_psnr(pipeline.separate(image).transmission.cpu(), target), batch_psnr(image, target))
+              for name, image, target in pairs}
     return {"psnr_t": sum(s[0] for s in scores.values()) / len(scores),
             "psnr_identity": sum(s[1] for s in scores.values()) / len(scores),
             "per_pair": {name: round(s[0], 3) for name, s in scores.items()}}
@@ -177,8 +175,7 @@ class Trainer:
         self.real_sampler = (RealPairSampler(train_pairs, settings.patch,
                                              self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
-        self.real_validation = validation_images(held_out, short_side_range(settings.patch)[1],
-                                                 self.model.config.pad_multiple)
+        self.real_validation = validation_images(held_out)
 
     def _check_same_start(self) -> None:
         """Every rank must have resumed from the same step (one `out` that all of them read)."""
@@ -262,7 +259,7 @@ class Trainer:
             scores["validation"] = validate(self.model, self.depth_model, self.validation, self.device)
         if self.real_validation:
             scores["real_validation"] = validate_real(self.model, self.depth_model, self.real_validation,
-                                                      self.device)
+                                                      self.device, short_side_range(self.settings.patch)[1])
         self._train_mode()
         real = scores.get("real_validation")
         if real and (self.best is None or real["psnr_t"] > self.best["psnr_t"]):
