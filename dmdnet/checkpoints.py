@@ -89,6 +89,7 @@ def _official_name(key: str, config: DMDNetConfig) -> str:
          lambda m: f"MuGIBlock_level{int(m[1]) + 1}.{m[2]}.{_local(_MUGI_NAMES, m[3])}"),
         (r"final_mugi\.(\d+)\.(.+)", lambda m: f"MuGIBlock_last.{m[1]}.{_local(_MUGI_NAMES, m[2])}"),
         (r"head\.(.+)", lambda m: f"out.seq.0.{m[1]}"),
+        (r"global_gain\.(.+)", lambda m: m[0]),  # DMDNet-Lite only: no released name
     ]
     for pattern, rename in rules:
         match = re.fullmatch(pattern, key)

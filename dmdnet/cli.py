@@ -257,6 +257,32 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .calibration import calibrate_files
+    from .checkpoints import CheckpointError
+    from .training import MEMORY_NAME
+
+    model = Path(args.model)
+    memory = Path(args.memory) if args.memory else model.with_name(MEMORY_NAME)
+    missing = [str(path) for path in (model, memory, *map(Path, args.real)) if not path.exists()]
+    if missing:
+        raise UsageError("not found: " + ", ".join(missing))
+    try:
+        result = calibrate_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.crops,
+                                 progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image"))
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"validation T-PSNR: identity {result.validation_identity:.2f} dB, "
+          f"gain 1 {result.validation_before:.2f} dB")
+    for ridge, score in result.validation_psnr.items():
+        print(f"  ridge {ridge:g}: {score:.2f} dB" + ("  <- kept" if ridge == result.ridge else ""))
+    print(f"gain fitted on {result.samples} images; files written to {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .losses import LossWeights
     from .pipeline import DEFAULT_MAX_PIXELS
@@ -329,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("runs", nargs="+", help="run folders (model_latest.pt, memory_banks_latest.pt)")
     average.add_argument("--out", required=True, help="folder for the averaged files")
     average.set_defaults(run=_average)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit DMDNet-Lite's global gain on real training pairs (after train)")
+    calibrate.add_argument("--model", required=True, help="DMDNet-Lite model file (model_latest.pt)")
+    calibrate.add_argument("--memory", help="memory bank file (default: memory_banks_latest.pt beside --model)")
+    calibrate.add_argument("--real", nargs="+", default=["../shared/data/real_train/zhang_real82"],
+                           help="folders of real pairs; dmdnet.real_pairs.VALIDATION_PAIRS are held out "
+                                "and choose the ridge strength")
+    calibrate.add_argument("--crops", type=int, default=3, help="random crops per pair added to the fit")
+    calibrate.add_argument("--out", required=True, help="folder for the calibrated files")
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

@@ -49,10 +49,16 @@ class ExpertRecord:
 
 
 class ForwardObserver:
-    """Hooks a forward pass calls; each does nothing unless a subclass overrides it."""
+    """Hooks a forward pass calls; each does nothing unless a subclass overrides it, except
+    `add_global_gain`, which keeps the gain (the pipeline needs it to compose large photos)."""
 
     records_contributions = False
     """Whether MECM should compute per-expert contribution maps for `add_experts`."""
+    global_gain: torch.Tensor | None = None
+    """DMDNet-Lite's per-image gain on T, (B, 1, 1, 1); None for networks without one."""
+
+    def add_global_gain(self, gain: torch.Tensor) -> None:
+        self.global_gain = gain.detach()
 
     def add_scan(self, site: CallSite, block: int, stream: str, kind: str,
                  proximity: torch.Tensor, order: torch.Tensor) -> None:

@@ -108,6 +108,45 @@ class MemoryBanks(nn.Module):
             self.get(name).copy_(value)
 
 
+STATISTIC_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+DARK_QUANTILES = (0.01, 0.05, 0.5)
+STATISTICS = 3 * (2 + len(STATISTIC_QUANTILES)) + len(DARK_QUANTILES) + 1
+
+
+def image_statistics(image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 31) float32: each channel's mean, deviation and quantiles, quantiles of
+    the dark channel (the minimum over RGB) and the mean saturation: how bright and how veiled a
+    photo is, which a reflection changes as a whole."""
+    flat = image.flatten(2).float()
+    quantiles = torch.quantile(flat, flat.new_tensor(STATISTIC_QUANTILES), dim=2)  # (Q, B, 3)
+    dark = flat.amin(1)
+    return torch.cat([flat.mean(2), flat.std(2), quantiles.permute(1, 0, 2).flatten(1),
+                      torch.quantile(dark, flat.new_tensor(DARK_QUANTILES), dim=1).t(),
+                      (flat.amax(1) - dark).mean(1, keepdim=True)], dim=1)
+
+
+class GlobalGain(nn.Module):
+    """Per-image gain on T, a linear map of the input's statistics in log space (clamped to
+    [e^-1.5, e^0.5]). Zero, so a gain of 1, until `dmdnet.calibration` fits it. One gain for all
+    three channels: brightness and veil are physics every camera shares, while the colour cast
+    between a photo through glass and one without is particular to each capture."""
+
+    float32_tensors = ("fc.weight", "fc.bias")
+    """A global factor on every pixel: computed in float32 (`dmdnet.precision`)."""
+    log_range = (-1.5, 0.5)
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(STATISTICS, 1)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1, 1, 1) in the image's dtype."""
+        log_gain = self.fc(image_statistics(image)).clamp(*self.log_range)
+        return torch.exp(log_gain)[:, :, None, None].to(image.dtype)
+
+
 class DMDNet(nn.Module):
     """Maps a padded image and its depth features to transmission and reflection layers."""
 
@@ -134,6 +173,7 @@ class DMDNet(nn.Module):
         if config.transmission_skip:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.global_gain = GlobalGain() if config.global_gain else None
         self.memory = MemoryBanks(config)
 
     def _bank_pair(self, t_name: str, r_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +246,10 @@ class DMDNet(nn.Module):
                 decoded = self.decoder_mugi[level - 2](self._upsample_proj(x_t, level),
                                                        self._upsample_proj(x_r, level))
         x_t, x_r = self.final_mugi(x_t, x_r)
-        if self.config.transmission_skip:
-            return image + self.head(x_t), lrelu(self.head(x_r))
-        return lrelu(self.head(x_t)), lrelu(self.head(x_r))
+        t = image + self.head(x_t) if self.config.transmission_skip else lrelu(self.head(x_t))
+        if self.global_gain is not None:
+            gain = self.global_gain(image)
+            if observer is not None:
+                observer.add_global_gain(gain)
+            t = t * gain
+        return t, lrelu(self.head(x_r))

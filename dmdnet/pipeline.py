@@ -23,7 +23,7 @@ from .checkpoints import (CheckpointError, checkpoint_problem, config_from_check
                           load_memory_banks, load_midas_weights, load_proximity_estimator, read_checkpoint)
 from .config import DMDNetConfig
 from .depth import MidasDPT
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, ForwardObserver
 from .images import ImageInput, to_tensor
 from .model import DMDNet
 from .precision import cast_module, output_dtype, parse_dtype
@@ -109,21 +109,22 @@ class Pipeline:
             full, size=size, mode="bilinear", align_corners=False, antialias=True)
 
         padded = pad_to_multiple(work, self.pad_multiple).to(self.dtype)
-        record = Diagnostics() if diagnostics else None
+        record = Diagnostics() if diagnostics else ForwardObserver()
         features = self.depth_model(padded)
         transmission, reflection = self.model(padded, features, record)
         crop = (..., slice(0, size[0]), slice(0, size[1]))
         transmission, reflection, depth = (x[crop].to(self.output_dtype)
                                            for x in (transmission, reflection, features.depth))
-        if record is not None:
+        if diagnostics:
             record.depth = depth.detach().cpu()
 
         if size != (height, width):
             def upsample(x: torch.Tensor) -> torch.Tensor:
                 return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-            transmission = full - upsample(work - transmission)
+            gain = 1.0 if record.global_gain is None else record.global_gain.to(self.output_dtype)
+            transmission = gain * full + upsample(transmission - gain * work)
             reflection, depth = upsample(reflection), upsample(depth)
-        return SeparationResult(transmission, reflection, depth, full, size, record)
+        return SeparationResult(transmission, reflection, depth, full, size, record if diagnostics else None)
 
 
 def default_device() -> torch.device:

@@ -150,7 +150,9 @@ class Trainer:
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ranks = ranks or Ranks.current(self.device)
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth)
-        params = list(self.model.parameters()) + (
+        if self.model.global_gain is not None:  # fitted after training (dmdnet.calibration)
+            self.model.global_gain.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad] + (
             list(self.depth_model.parameters()) if self.trains_depth else [])
         self.optimizer = torch.optim.Adam(params, lr=settings.lr)
         self.step = 0
