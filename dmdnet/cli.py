@@ -232,7 +232,8 @@ def _train(args: argparse.Namespace) -> int:
                                     blur_sigma=tuple(args.reflection_blur),
                                     model_probabilities=mix_probabilities(args.mix)),
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
-        loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient),
+        loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
+                         real_gain_matched=args.real_gain_matched),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     trainer = Trainer(settings)
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=(LossWeights.real_l1_t, LossWeights.real_l1_r, LossWeights.real_gradient),
                        help="weights of the T L1, R L1 (against clip(I - T)) and T gradient losses "
                             "on real pairs")
+    train.add_argument("--real-gain-matched", action="store_true",
+                       help="score real pairs' T after scaling it by the factor that best fits the ground "
+                            "truth (brightness is left to 'dmdnet calibrate')")
     train.add_argument("--preset", choices=["lite", "released"], default="lite")
     train.add_argument("--depth", help="MiDaS file, for the released preset")
     train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "

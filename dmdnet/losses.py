@@ -33,6 +33,15 @@ def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, scales: int = 
     return total / scales
 
 
+def matched_gain(prediction: torch.Tensor, target: torch.Tensor, low: float = 0.2, high: float = 1.7
+                 ) -> torch.Tensor:
+    """(B, 1, 1, 1) per-sample least-squares factor mapping `prediction` onto `target`, clamped to
+    [low, high] and detached: a constant the loss is taken under, not something to learn from."""
+    prediction, target = prediction.detach(), target.detach()
+    gain = (prediction * target).flatten(1).sum(1) / prediction.square().flatten(1).sum(1).clamp_min(1e-6)
+    return gain.clamp(low, high)[:, None, None, None]
+
+
 def l1_per_sample(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).abs().flatten(1).mean(1)
 
@@ -170,6 +179,11 @@ class LossWeights:
     real_l1_t: float = 1.0
     real_l1_r: float = 1.0
     real_gradient: float = 0.5
+    real_gain_matched: bool = False
+    """Score a real pair's T only after scaling it by the factor that best fits its ground truth
+    (`matched_gain`): the two shots differ in overall brightness by exposure and by how much the
+    reflection brightens the photo, which `dmdnet.calibration` fits afterwards, so the network is
+    left to learn what real reflections look like rather than a brightness it cannot know."""
 
 
 def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_target: torch.Tensor,
@@ -179,6 +193,8 @@ def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_
     samples of a batch that are real pairs; their layer losses are weighted by `real_*` and
     also logged on their own (`real_l1_t`, ...)."""
     real = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device) if real is None else real.to(t.device)
+    if weights.real_gain_matched and real.any():
+        t = torch.where(real[:, None, None, None], t * matched_gain(t, t_target), t)
     layer_terms = {"l1_t": l1_per_sample(t, t_target), "l1_r": l1_per_sample(r, r_target),
                    "gradient": gradient_loss(t, t_target)}
     align_t, triplet_t = observer.memory_losses("T")

@@ -77,3 +77,31 @@ def test_a_few_steps_with_real_pairs_lower_their_loss(tmp_path):
         last = trainer.train_step(batch)
     assert last["real_l1_t"] < 0.8 * first["real_l1_t"], (first, last)
     assert last["loss"] < first["loss"]
+
+
+def test_gain_matched_real_loss_ignores_overall_brightness_alone():
+    """Under --real-gain-matched a real pair's T that is its ground truth times a factor costs
+    nothing, a synthetic pair's still does, and structure errors still count."""
+    from dmdnet.losses import LossWeights, TrainingObserver, matched_gain, separation_loss
+
+    class NoMemory(TrainingObserver):
+        def balance_loss(self, stream):
+            return torch.zeros(())
+
+        def memory_losses(self, stream):
+            return torch.zeros(()), torch.zeros(())
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=generator)
+    darker = 0.6 * target
+    torch.testing.assert_close(matched_gain(darker, target).flatten(), torch.tensor([1 / 0.6] * 2))
+    zeros = torch.zeros_like(target)
+    real = torch.tensor([False, True])
+    _, plain = separation_loss(darker, zeros, target, zeros, NoMemory(), LossWeights(), real)
+    _, matched = separation_loss(darker, zeros, target, zeros, NoMemory(),
+                                 LossWeights(real_gain_matched=True), real)
+    assert plain["real_l1_t"] > 0.1 and matched["real_l1_t"] < 1e-6
+    assert matched["synthetic_l1_t"] == pytest.approx(plain["synthetic_l1_t"])
+    shuffled = darker[:, :, torch.randperm(16, generator=generator)]
+    _, wrong = separation_loss(shuffled, zeros, target, zeros, NoMemory(), LossWeights(real_gain_matched=True), real)
+    assert wrong["real_l1_t"] > 0.05
