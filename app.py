@@ -179,6 +179,8 @@ def show_layers(run_id: str, alpha: float) -> tuple:
     line = f"Separated **{info['source']}**, {size}, in {info['seconds']:.1f} s on {info['device']}."
     if info.get("frames", 1) > 1:
         line += f" It has {info['frames']} frames: the first was separated."
+    if "transmission_gain" in info:
+        line += f" Scene brightness ×{info['transmission_gain']:.2f} (the weights' global gain)."
     return ((run.file("input_preview"), run.file("transmission_preview")),
             (run.file("input_preview"), run.file("reflection_preview")),
             viz.remix(*run.layers, alpha), line)
@@ -280,8 +282,8 @@ API_HELP = """
 **reflection** PNG at the input's full resolution, the colour-mapped **depth** map, the
 **scan order** of every level (T and R streams), the **MECM gate** heatmap, and a JSON
 **summary** (input and processed sizes, seconds, weights, device, `frames`: of an animated
-GIF the first frame is separated, the gate coefficients of every MECM call, and the
-server-side `run` id).
+GIF the first frame is separated, the gate coefficients of every MECM call,
+`transmission_gain` where the weights have a global gain, and the server-side `run` id).
 
 ```python
 from gradio_client import Client, handle_file

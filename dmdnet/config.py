@@ -32,10 +32,10 @@ class DMDNetConfig:
     transmission_skip: bool = False
     """Predict T as the input plus a learned correction (DMDNet-Lite); the released model predicts T directly."""
     global_gain: bool = False
-    """Scale T by a per-image, per-channel gain read from the input's statistics (DMDNet-Lite): the
-    glass dims and tints the whole scene while a reflection brightens it, a global correction that
-    real pairs ask for and that a small network's local head does not learn. Fitted after training
-    by `dmdnet.calibration`, not by gradient descent."""
+    """Scale T by a per-image gain read from the input's statistics: the glass dims the whole scene
+    while a reflection brightens it. Added and fitted after training by `dmdnet calibrate`
+    (`dmdnet.calibration`) on real pairs of one capture; off in the presets, since a gain fitted
+    on one set of real pairs did not carry over to photos taken otherwise (see docs/training.md)."""
 
     @classmethod
     def released(cls) -> "DMDNetConfig":
@@ -51,7 +51,7 @@ class DMDNetConfig:
         took 60% of the time of a 512x512 photo. Level 1 keeps its MuGI blocks."""
         return cls(dims=(16, 24, 32, 48, 64), encoder_blocks=(1, 1, 1, 1), dm_blocks=(0, 1, 1, 1, 1),
                    decoder_blocks=(1, 1, 1, 1), final_blocks=1, depth_feature_channels=(16, 24, 32),
-                   transmission_skip=True, global_gain=True)
+                   transmission_skip=True)
 
     def to_dict(self) -> dict:
         return asdict(self)

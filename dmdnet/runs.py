@@ -132,6 +132,8 @@ class RunStore:
             "seconds": round(seconds, 2),
             **details,
             "mecm_gates": {e.label: [round(float(c), 4) for c in e.coefficients] for e in experts},
+            **({} if result.diagnostics.global_gain is None else
+               {"transmission_gain": round(float(result.diagnostics.global_gain.flatten()[0]), 4)}),
             "run": run_id,
             "files": files,
         }

@@ -150,9 +150,7 @@ class Trainer:
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ranks = ranks or Ranks.current(self.device)
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth)
-        if self.model.global_gain is not None:  # fitted after training (dmdnet.calibration)
-            self.model.global_gain.requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad] + (
+        params = list(self.model.parameters()) + (
             list(self.depth_model.parameters()) if self.trains_depth else [])
         self.optimizer = torch.optim.Adam(params, lr=settings.lr)
         self.step = 0

@@ -220,6 +220,7 @@ def test_separate_returns_full_size_layers_and_figures(client, images, server):
     assert summary["input"] == summary["processed"] == {"width": 56, "height": 40}
     assert summary["source"] == "rgb.png" and summary["device"] == "cpu" and summary["seconds"] > 0
     assert summary["frames"] == 1
+    assert "transmission_gain" not in summary  # the test weights have no global gain
     assert len(summary["mecm_gates"]) == 22
     assert all(len(c) == 4 and sum(v > 0 for v in c) == 2 for c in summary["mecm_gates"].values())
     assert (server.runs / summary["run"] / "diagnostics.npz").is_file()

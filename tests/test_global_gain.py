@@ -13,7 +13,7 @@ from dmdnet.config import DMDNetConfig
 from dmdnet.model import DMDNet
 from dmdnet.proximity import ProximityEstimator
 
-LITE = DMDNetConfig.lite()
+LITE = replace(DMDNetConfig.lite(), global_gain=True)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def models() -> tuple[DMDNet, DMDNet, ProximityEstimator]:
     torch.manual_seed(0)
     with_gain = DMDNet(LITE).eval()
     torch.nn.init.normal_(with_gain.head.weight, std=0.05)  # so that T is not just the input
-    without_gain = DMDNet(replace(LITE, global_gain=False)).eval()
+    without_gain = DMDNet(DMDNetConfig.lite()).eval()
     without_gain.load_state_dict({k: v for k, v in with_gain.state_dict().items()
                                   if not k.startswith("global_gain.")})
     without_gain.memory.load(with_gain.memory.as_dict())  # the banks are not in the state dict

@@ -22,6 +22,9 @@ def test_save_then_load_a_run(lite_checkpoints, tmp_path):
 
     assert run.summary["source"] == "my photo.jpg" and run.summary["seconds"] == 1.23
     assert run.summary["weights"] == "test weights" and run.summary["run"] == run.id
+    assert "transmission_gain" not in run.summary  # these weights have no global gain
+    result.diagnostics.add_global_gain(torch.full((1, 1, 1, 1), 0.8125))
+    assert store.save(result, "my photo.jpg", 1.0).summary["transmission_gain"] == 0.8125
     assert run.processed_size == (40, 52)
     with Image.open(run.file("transmission")) as saved:
         assert saved.size == (52, 40)
