@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .pipeline import default_device
+from .pipeline import default_device, resolve_device
 
 T = TypeVar("T")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -37,12 +37,23 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def usable_device(requested: str | None) -> torch.device:
+    """`pipeline.resolve_device`, its refusal raised as a LaunchError (a one-line CLI error)."""
+    try:
+        return resolve_device(requested)
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
+
+
 def process_device(requested: str | None, local_rank: int, processes_here: int) -> torch.device:
     """The device of process `local_rank` of `processes_here` on one machine: `cuda:LOCAL_RANK`
     on CUDA (the default where there is one), else the CPU."""
-    device = torch.device(requested) if requested else default_device()
+    try:
+        device = torch.device(requested) if requested else default_device()
+    except RuntimeError:  # not a device name: say so as resolve_device does
+        return usable_device(requested)
     if device.type != "cuda":
-        return device
+        return usable_device(requested)
     if device.index is not None and processes_here > 1:
         raise LaunchError(f"--device {requested}: under torchrun process LOCAL_RANK takes cuda:LOCAL_RANK; "
                          "pass --device cuda (or nothing)")
@@ -169,7 +180,7 @@ def process_group(device: str | None = None) -> Iterator[Ranks]:
     """Joins the processes torchrun started (and leaves the group at the end); without torchrun,
     or with one process, yields rank 0 of 1 on `device` and starts nothing."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        yield Ranks(device=torch.device(device) if device else default_device())
+        yield Ranks(device=usable_device(device))
         return
     local = process_device(device, int(os.environ["LOCAL_RANK"]),
                            int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
