@@ -163,7 +163,7 @@ def timings(device: torch.device, checkpoints: dict, sizes: list[int], configs: 
                     row["r_error"] = relative_error(result.reflection.cpu(), reference[1])
                 rows.append(row)
                 print(f"  {config} {row['dtype']} {size}: {seconds:.3f} s", flush=True)
-            del pipe
+            pipe = None  # release the weights before the next dtype loads its own
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
