@@ -21,6 +21,7 @@ except ImportError:
 
 import argparse
 import functools
+import gc
 import hashlib
 import logging
 import os
@@ -447,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(PIPELINE)}"))
     demo = build_demo(PIPELINE)
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
+    # Everything made so far (the weights, Gradio's app) lives as long as the server: leaving
+    # it out of the garbage collector's full passes spares a request a 0.3 s pause now and then.
+    gc.freeze()
     # show_error: Gradio's own refusals (a file that was not uploaded, a payload that is not a
     # file) reach the client as their message instead of an empty error; every error of ours
     # is already a gr.Error with a message.

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from PIL import Image
 
 from .dascan import region_ranks
@@ -88,10 +89,17 @@ def _show(axes: Axes, array: np.ndarray, box: tuple[float, float, float, float],
     return axes.imshow(array, extent=(left, left + width, top + height, top), aspect="auto", **style)
 
 
+def _text(axes: Axes, x: float, y: float, text: str, **style) -> Text:
+    """Text at pixel (x, y) of a `_canvas`. Placed on the figure rather than the axes: an axes
+    text gets the axes' clip path, which costs more than drawing it, and `_canvas` texts are
+    never clipped."""
+    return axes.figure.text(x, y, text, transform=axes.transData, **style)
+
+
 def _caption(axes: Axes, box: tuple[float, float, float, float], text: str, below: bool = False) -> None:
     """A line of text centred above (or below) a pixel box."""
     left, top, width, height = box
-    axes.text(left + width / 2, top + height + 4 if below else top - 4, text, ha="center",
+    _text(axes, left + width / 2, top + height + 4 if below else top - 4, text, ha="center",
               va="top" if below else "bottom", fontsize=10)
 
 
@@ -349,7 +357,7 @@ def scan_animation(view: ScanView, processed_size: tuple[int, int], frames: int 
     figure, axes = _canvas(width + 8, height + 26)
     box = (4, 22, width, height)
     image = _draw_scan(axes, position, outlines, box, line_width=1.0)
-    title = axes.text(4 + width / 2, 18, "", ha="center", va="bottom", fontsize=10)
+    title = _text(axes, 4 + width / 2, 18, "", ha="center", va="bottom", fontsize=10)
     rank = np.rint(position * max(view.order.size - 1, 1))
     pictures = []
     for frame in range(1, frames + 1):
@@ -390,7 +398,7 @@ def scan_overview(views: list[ScanView], processed_size: tuple[int, int], tile: 
         _caption(axes, (left + column * (width + gap), grid_bottom - height, width, height),
                  f"level {level} ({cells[1]}x{cells[0]})", below=True)
     for row, stream in enumerate(streams):
-        axes.text(left - 6, top + row * (height + gap) + height / 2,
+        _text(axes, left - 6, top + row * (height + gap) + height / 2,
                   "T · regional" if stream == "T" else "R · global", fontsize=10, rotation=90,
                   ha="right", va="center")
     if image is not None:
@@ -428,7 +436,7 @@ def expert_figure(view: ExpertView, processed_size: tuple[int, int], tile: int =
             _caption(axes, box, f"expert {expert + 1} · gate {coefficient:.2f}", below=True)
         else:
             axes.add_patch(Rectangle(box[:2], width, height, color=NOT_SELECTED))
-            axes.text(box[0] + width / 2, top + height / 2, "not selected", ha="center", va="center",
+            _text(axes, box[0] + width / 2, top + height / 2, "not selected", ha="center", va="center",
                       fontsize=10, color=MUTED)
             _caption(axes, box, f"expert {expert + 1} · gate 0", below=True)
     if image is not None:
@@ -454,15 +462,15 @@ def gate_heatmap(coefficients: np.ndarray, row_labels: list[str], cell: tuple[in
     axes.vlines(left + np.arange(columns + 1) * cell[0], top, top + box[3], colors="white", linewidth=1.5)
     centre_x = left + (np.arange(columns) + 0.5) * cell[0]
     centre_y = top + (np.arange(rows) + 0.5) * cell[1]
-    axes.text(left - 6, top - 4, "MECM call", ha="right", va="bottom", fontsize=9, fontweight="bold")
+    _text(axes, left - 6, top - 4, "MECM call", ha="right", va="bottom", fontsize=9, fontweight="bold")
     for column in range(columns):
-        axes.text(centre_x[column], top - 4, f"expert {column + 1}", ha="center", va="bottom", fontsize=9)
+        _text(axes, centre_x[column], top - 4, f"expert {column + 1}", ha="center", va="bottom", fontsize=9)
     for row, label in enumerate(row_labels):
-        axes.text(left - 6, centre_y[row], label, ha="right", va="center", fontsize=9)
+        _text(axes, left - 6, centre_y[row], label, ha="right", va="center", fontsize=9)
     dark = luminance(colormap(coefficients, "gate")) < 140
     for (row, column), value in np.ndenumerate(coefficients):
         if value > 0:
-            axes.text(centre_x[column], centre_y[row], f"{value:.2f}", ha="center", va="center",
+            _text(axes, centre_x[column], centre_y[row], f"{value:.2f}", ha="center", va="center",
                       fontsize=9, color="white" if dark[row, column] else INK)
     _colorbar(figure, image, (left, top + box[3] + 10, box[2], 10),
               "gate coefficient (0: expert not selected)", [0, 0.25, 0.5, 0.75, 1])
