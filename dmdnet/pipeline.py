@@ -170,7 +170,7 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
     load_dmdnet_weights(network, paths[MODEL_FILE], checkpoint)
     load_proximity_estimator(estimator, checkpoint, paths[MODEL_FILE])
     default = paths[MODEL_FILE] == DEFAULT_WEIGHTS[MODEL_FILE]
-    label = ("DMDNet-Lite, the project's own default weights (trained on synthetic pairs; "
+    label = ("DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; "
              "learned proximity estimator in place of MiDaS)" if default else
              "DMDNet-Lite (learned proximity estimator in place of MiDaS)")
     return network, estimator, WeightsInfo(label, {spec.role: str(path) for spec, path in paths.items()

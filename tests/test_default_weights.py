@@ -37,8 +37,8 @@ def test_default_weights_load_with_their_training_scale(default_pipeline):
 def test_default_weights_remove_synthetic_reflections(default_pipeline):
     if not CEILNET.is_dir():
         pytest.skip(f"evaluation pairs not found at {CEILNET}")
-    gains = []
-    for pair in dataset_pairs(CEILNET)[:6]:
+    gains = []  # 20 pairs: on 6 the mean swung by a dB with one hard pair
+    for pair in dataset_pairs(CEILNET)[:20]:
         blended, truth = to_255(to_tensor(pair.blended)), to_255(to_tensor(pair.transmission))
         estimate = to_255(default_pipeline.separate(pair.blended).transmission)
         gains.append(psnr(estimate, truth) - psnr(blended, truth))
