@@ -32,7 +32,8 @@ RUN_ID = re.compile(r"run-[0-9a-f]{32}")
 RUN_LIFETIME_S = 24 * 3600
 PREVIEW_SIDE = 1280
 IMAGE_WRITERS = ThreadPoolExecutor(3, thread_name_prefix="run-images")
-"""Writes the layers and previews of runs (two layers and the input's preview at a time)."""
+"""Writes the PNGs of runs: layers, previews and figures (the two layers and the input's
+preview at a time)."""
 
 
 class RunNotFound(LookupError):
@@ -129,12 +130,12 @@ class RunStore:
                 writes.append(IMAGE_WRITERS.submit(_write_png, image, folder / files[f"{key}_preview"], PREVIEW_SIDE))
         scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
         np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
-        figures = {"depth": viz.depth_figure(result.depth[0, 0].float().numpy()),
-                   "scan_order": viz.scan_overview(scans, result.processed_size),
-                   "gates": viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
-                                             [e.label for e in experts])}
-        for key, figure in figures.items():
-            writes.append(IMAGE_WRITERS.submit(_write_png, figure, folder / files[key]))
+        figures = {"depth": lambda: viz.depth_figure(result.depth[0, 0].float().numpy()),
+                   "scan_order": lambda: viz.scan_overview(scans, result.processed_size),
+                   "gates": lambda: viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
+                                                     [e.label for e in experts])}
+        for key, draw in figures.items():  # each figure is written while the next is drawn
+            writes.append(IMAGE_WRITERS.submit(_write_png, draw(), folder / files[key]))
         for write in writes:
             write.result()
         height, width = result.image.shape[-2:]
