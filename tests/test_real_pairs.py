@@ -1,6 +1,9 @@
 """Real pairs in training: crops cut alike, the validation split never trains, the loss falls."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +108,20 @@ def test_gain_matched_real_loss_ignores_overall_brightness_alone():
     shuffled = darker[:, :, torch.randperm(16, generator=generator)]
     _, wrong = separation_loss(shuffled, zeros, target, zeros, NoMemory(), LossWeights(real_gain_matched=True), real)
     assert wrong["real_l1_t"] > 0.05
+
+
+def test_fit_gap_splits_evaluate_scores_into_training_and_held_out_pairs(tmp_path):
+    """scripts/fit_gap.py puts exactly the VALIDATION_PAIRS on the held-out side."""
+    spec = importlib.util.spec_from_file_location("fit_gap", Path(__file__).parents[1] / "scripts" / "fit_gap.py")
+    fit_gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_gap)
+    held_out = VALIDATION_PAIRS[0].split("/")[1]
+    rows = ["dataset,image,method,layer,psnr,ssim,psnr_y,ssim_y",
+            f"zhang_real82,{held_out},model,T,30,0,0,0", f"zhang_real82,{held_out},identity,T,20,0,0,0",
+            "zhang_real82,001,model,T,21,0,0,0", "zhang_real82,001,identity,T,19,0,0,0",
+            "zhang_real82,002,model,T,23,0,0,0", "zhang_real82,002,identity,T,19,0,0,0",
+            "zhang_real82,002,model,R,5,0,0,0"]
+    csv_path = tmp_path / "per_image.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    assert fit_gap.split_means(csv_path) == {("held out", "model"): (30.0, 1), ("held out", "identity"): (20.0, 1),
+                                            ("train", "model"): (22.0, 2), ("train", "identity"): (19.0, 2)}

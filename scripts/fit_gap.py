@@ -1,0 +1,52 @@
+"""How well weights fit the real pairs they trained on, against the pairs held out from training.
+
+    python -m dmdnet evaluate ../shared/data/real_train/zhang_real82 --out runs/z82
+    python scripts/fit_gap.py runs/z82/per_image.csv [more per_image.csv ...]
+
+Splits the per-image T-PSNR that `evaluate` writes into the training pairs and the held-out
+pairs (`dmdnet.real_pairs.VALIDATION_PAIRS`), for the model and for identity. A small gain on
+the training pairs says the network underfits them; a gain there that the held-out pairs do
+not share says it memorises them.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dmdnet.real_pairs import VALIDATION_PAIRS  # noqa: E402
+
+
+def split_means(per_image_csv: Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """{(split, method): (mean T-PSNR, pairs)} with split "train" or "held out"."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    with open(per_image_csv, newline="") as file:
+        for row in csv.DictReader(file):
+            if row["layer"] != "T":
+                continue
+            split = "held out" if f"{row['dataset']}/{row['image']}" in VALIDATION_PAIRS else "train"
+            scores.setdefault((split, row["method"]), []).append(float(row["psnr"]))
+    return {key: (sum(values) / len(values), len(values)) for key, values in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("per_image", nargs="+", type=Path, help="per_image.csv files written by evaluate")
+    args = parser.parse_args()
+    print("| per_image.csv | split | pairs | model T-PSNR | identity | gain |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for path in args.per_image:
+        means = split_means(path)
+        for split in ("train", "held out"):
+            if (split, "model") not in means:
+                continue
+            (model, count), (identity, _) = means[(split, "model")], means[(split, "identity")]
+            print(f"| {path} | {split} | {count} | {model:.2f} | {identity:.2f} | {model - identity:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
