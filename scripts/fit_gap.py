@@ -18,19 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dmdnet.evaluation import METRICS, summarize  # noqa: E402
 from dmdnet.real_pairs import VALIDATION_PAIRS  # noqa: E402
 
 
-def split_means(per_image_csv: Path) -> dict[tuple[str, str], tuple[float, int]]:
-    """{(split, method): (mean T-PSNR, pairs)} with split "train" or "held out"."""
-    scores: dict[tuple[str, str], list[float]] = {}
+def split_summary(per_image_csv: Path) -> dict[tuple[str, str], dict]:
+    """`evaluate`'s T summary with the pairs grouped by split ("train" or "held out") instead
+    of by folder, keyed by (split, method)."""
     with open(per_image_csv, newline="") as file:
-        for row in csv.DictReader(file):
-            if row["layer"] != "T":
-                continue
-            split = "held out" if f"{row['dataset']}/{row['image']}" in VALIDATION_PAIRS else "train"
-            scores.setdefault((split, row["method"]), []).append(float(row["psnr"]))
-    return {key: (sum(values) / len(values), len(values)) for key, values in scores.items()}
+        rows = [{**row, **{metric: float(row[metric]) for metric in METRICS},
+                 "dataset": "held out" if f"{row['dataset']}/{row['image']}" in VALIDATION_PAIRS else "train"}
+                for row in csv.DictReader(file)]
+    return {(group["dataset"], group["method"]): group for group in summarize(rows) if group["layer"] == "T"}
 
 
 def main() -> None:
@@ -40,12 +39,13 @@ def main() -> None:
     print("| per_image.csv | split | pairs | model T-PSNR | identity | gain |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for path in args.per_image:
-        means = split_means(path)
+        groups = split_summary(path)
         for split in ("train", "held out"):
-            if (split, "model") not in means:
+            if (split, "model") not in groups:
                 continue
-            (model, count), (identity, _) = means[(split, "model")], means[(split, "identity")]
-            print(f"| {path} | {split} | {count} | {model:.2f} | {identity:.2f} | {model - identity:+.2f} |")
+            model, identity = groups[(split, "model")], groups[(split, "identity")]
+            print(f"| {path} | {split} | {model['images']} | {model['psnr']:.2f} | {identity['psnr']:.2f} | "
+                  f"{model['psnr'] - identity['psnr']:+.2f} |")
 
 
 if __name__ == "__main__":

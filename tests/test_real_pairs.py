@@ -123,5 +123,7 @@ def test_fit_gap_splits_evaluate_scores_into_training_and_held_out_pairs(tmp_pat
             "zhang_real82,002,model,R,5,0,0,0"]
     csv_path = tmp_path / "per_image.csv"
     csv_path.write_text("\n".join(rows) + "\n")
-    assert fit_gap.split_means(csv_path) == {("held out", "model"): (30.0, 1), ("held out", "identity"): (20.0, 1),
-                                            ("train", "model"): (22.0, 2), ("train", "identity"): (19.0, 2)}
+    groups = fit_gap.split_summary(csv_path)
+    assert {key: (group["psnr"], group["images"]) for key, group in groups.items()} == {
+        ("held out", "model"): (30.0, 1), ("held out", "identity"): (20.0, 1),
+        ("train", "model"): (22.0, 2), ("train", "identity"): (19.0, 2)}
