@@ -24,7 +24,7 @@ from .checkpoints import (CheckpointError, config_from_checkpoint, read_checkpoi
 from .evaluation import batch_psnr
 from .model import DMDNet, GlobalGain, image_statistics
 from .pipeline import Pipeline
-from .proximity import ProximityEstimator
+from .proximity import lite_depth_model
 from .real_pairs import RealPair, real_pairs, split_validation, validation_images
 
 RIDGES = (1.0, 3.0, 10.0, 30.0, 100.0)
@@ -163,7 +163,7 @@ def calibrate_files(model_path: Path, memory_path: Path, real: list[Path], out: 
     if not isinstance(checkpoint, Mapping) or "proximity_estimator" not in checkpoint:
         raise CheckpointError(f"{model_path} is not a DMDNet-Lite model file (no 'proximity_estimator')")
     config = replace(config_from_checkpoint(checkpoint, model_path), global_gain=True)
-    model, estimator = DMDNet(config), ProximityEstimator(config.depth_feature_channels)
+    model, estimator = DMDNet(config), lite_depth_model(config)
     warm_start(model, estimator, model_path, memory_path)
     pipeline = Pipeline(model, estimator, device, max_short_side=checkpoint.get("trained_short_side"))
     train, validation = split_validation(real_pairs(real))

@@ -214,6 +214,7 @@ def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
     from .losses import LossWeights
     from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
@@ -221,6 +222,10 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.real_fraction <= 1:
         raise UsageError("--real-fraction must lie in [0, 1]")
     real_l1_t, real_l1_r, real_gradient = args.real_loss
+    perceptual = args.perceptual > 0 or (args.real and args.real_perceptual > 0)
+    if perceptual and not Path(args.vgg).is_file():
+        raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
+                         "--perceptual 0 --real-perceptual 0 trains without it)")
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -233,10 +238,15 @@ def _train(args: argparse.Namespace) -> int:
                                     model_probabilities=mix_probabilities(args.mix)),
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
         loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
-                         real_gain_matched=args.real_gain_matched),
+                         perceptual=args.perceptual, real_perceptual=args.real_perceptual,
+                         real_matched=args.real_matching == "gain-offset"),
+        imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
-    trainer = Trainer(settings)
+    try:
+        trainer = Trainer(settings)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
     trainer.run()
     if trainer.ranks.is_main:
         print(f"checkpoints in {settings.out}")
@@ -285,7 +295,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .imagenet_prior import PACKAGE as IMAGENET_PACKAGE
     from .losses import LossWeights
+    from .perceptual import DEFAULT_VGG_FILE
     from .pipeline import DEFAULT_MAX_PIXELS
     from .synthesis import SynthesisSettings
 
@@ -312,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     natural = "../shared/data/natural"
     train = commands.add_parser("train", help="train on synthetic pairs (resumes from --out)")
     train.add_argument("--out", required=True, help="checkpoint folder (model_latest.pt, memory_banks_latest.pt)")
-    train.add_argument("--data", nargs="+", default=[f"{natural}/bsds500/train", f"{natural}/bsds500/val",
-                                                       f"{natural}/sun_hays80"],
+    train.add_argument("--data", nargs="+", default=[f"{natural}/{name}" for name in (
+                           "bsds500/train", "bsds500/val", "sun_hays80", "urban100", "imagenet1000")],
                        help="folders of natural photos to synthesise pairs from")
     train.add_argument("--validation", default=f"{natural}/bsds500/test",
                        help="folder of photos for fixed synthetic validation pairs")
@@ -327,9 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
                        default=(LossWeights.real_l1_t, LossWeights.real_l1_r, LossWeights.real_gradient),
                        help="weights of the T L1, R L1 (against clip(I - T)) and T gradient losses "
                             "on real pairs")
-    train.add_argument("--real-gain-matched", action="store_true",
-                       help="score real pairs' T after scaling it by the factor that best fits the ground "
-                            "truth (brightness is left to 'dmdnet calibrate')")
+    train.add_argument("--real-matching", choices=["gain-offset", "none"], default="gain-offset",
+                       help="score real pairs' T after mapping it onto the ground truth by its per-channel "
+                            "least-squares gain and offset, so that they teach structure, not the capture's "
+                            "brightness and colour (default), or as it is")
+    train.add_argument("--perceptual", type=float, default=LossWeights.perceptual,
+                       help="weight of the VGG19 perceptual term on synthetic pairs")
+    train.add_argument("--real-perceptual", type=float, default=LossWeights.real_perceptual,
+                       help="weight of the VGG19 perceptual term on real pairs")
+    train.add_argument("--vgg", default=str(DEFAULT_VGG_FILE),
+                       help="VGG19 weights up to relu3_1, for the perceptual term")
+    train.add_argument("--imagenet-prior", action="store_true",
+                       help="feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features and learn its "
+                            f"proximity map on them (needs the {IMAGENET_PACKAGE} package)")
     train.add_argument("--preset", choices=["lite", "released"], default="lite")
     train.add_argument("--depth", help="MiDaS file, for the released preset")
     train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "
@@ -343,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="range of the glass's attenuation a of the scene (screen blend and ghosting)")
     train.add_argument("--reflection-blur", type=float, nargs=2, default=SynthesisSettings.blur_sigma,
                        metavar=("LOW", "HIGH"), help="range of the Gaussian blur's sigma on the reflection")
-    train.add_argument("--mix", type=float, nargs=4, default=SynthesisSettings.model_probabilities,
-                       metavar=("SCREEN", "ADDITIVE", "GHOSTING", "HIGHLIGHTS"),
+    train.add_argument("--mix", type=float, nargs=5, default=SynthesisSettings.model_probabilities,
+                       metavar=("SCREEN", "ADDITIVE", "GHOSTING", "HIGHLIGHTS", "SHARP"),
                        help="relative frequencies of the image-formation models (normalised to sum to 1)")
     train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=4e-4)

@@ -1,7 +1,7 @@
 """Architecture settings of DMDNet as one immutable object (timm-style presets)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class DMDNetConfig:
     (`dmdnet.calibration`) on real pairs of one capture; off in the presets, since a gain fitted
     on one set of real pairs did not carry over to photos taken otherwise (see docs/training.md)."""
 
+    imagenet_prior: bool = False
+    """DMDNet-Lite's depth-semantic branch reads frozen ImageNet EfficientNet-Lite0 features and its
+    proximity map comes from a head on them (`dmdnet.imagenet_prior.ImageNetProximity`), as the
+    released model reads MiDaS; without it a small estimator learns both from scratch."""
+
     @classmethod
     def released(cls) -> "DMDNetConfig":
         """The configuration of the authors' released checkpoint (68.5 M parameters)."""
@@ -52,6 +57,12 @@ class DMDNetConfig:
         return cls(dims=(16, 24, 32, 48, 64), encoder_blocks=(1, 1, 1, 1), dm_blocks=(0, 1, 1, 1, 1),
                    decoder_blocks=(1, 1, 1, 1), final_blocks=1, depth_feature_channels=(16, 24, 32),
                    transmission_skip=True)
+
+    def with_imagenet_prior(self) -> "DMDNetConfig":
+        """This configuration fed by the frozen ImageNet encoder (its 24/40/112 feature channels)."""
+        from .imagenet_prior import FEATURE_CHANNELS
+
+        return replace(self, imagenet_prior=True, depth_feature_channels=FEATURE_CHANNELS)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,12 @@ on images on a 0-255 scale:
   OpenCV instead, which scores lower: the identity baseline's PSNR-Y on locationaware_sirr
   is 15.90 dB that way against 17.23 dB here. The RGB columns agree with it up to the
   outputs' 8-bit rounding.)
+* PSNR-inv, the photometry-invariant PSNR (this project's, not the field's): the PSNR after the
+  estimate is mapped onto the truth by its own least-squares gain and offset per channel
+  (`invariant_psnr`). Real glass dims and tints the whole scene and the truth is shot without
+  it, so a global brightness and colour change earns plain PSNR; PSNR-inv gives the identity
+  and every method that change for free, and what a method gains over the identity on it is
+  reflection structure removed.
 
 Outputs are clamped to [0, 1] and scaled by 255 without rounding, like their tensor2im.
 Folders use the common layout `blended/`, `transmission_layer/`, `reflection_layer/`.
@@ -35,9 +41,10 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .images import image_files, to_tensor
+from .photometry import match_photometry
 
 DATA_RANGE = 255.0
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_inv")
 
 
 def psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -53,6 +60,17 @@ def batch_psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     as `psnr` computed on the tensors where they are."""
     mse = (prediction.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
+
+
+def invariant_psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """The best PSNR (dB) that any per-channel gain and offset of `estimate` reaches against `truth`,
+    both (H, W, 3) on a 0-255 scale: the estimate is mapped onto the truth by the least-squares
+    gain and offset of each channel (no clipping), then scored by `psnr`. Unchanged by any such
+    map of the estimate, so it measures structure, not photometry."""
+    def as_batch(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image, dtype=np.float64) / DATA_RANGE).permute(2, 0, 1)[None]
+    matched = match_photometry(as_batch(estimate), as_batch(truth))
+    return psnr(matched[0].permute(1, 2, 0).numpy() * DATA_RANGE, truth)
 
 
 def ssim(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -71,7 +89,8 @@ def image_scores(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """All metrics for (H, W, 3) images on a 0-255 scale."""
     estimate_y, truth_y = luma(estimate), luma(truth)
     return {"psnr": psnr(estimate, truth), "ssim": ssim(estimate, truth),
-            "psnr_y": psnr(estimate_y, truth_y), "ssim_y": ssim(estimate_y, truth_y)}
+            "psnr_y": psnr(estimate_y, truth_y), "ssim_y": ssim(estimate_y, truth_y),
+            "psnr_inv": invariant_psnr(estimate, truth)}
 
 
 def to_255(tensor) -> np.ndarray:
@@ -149,10 +168,10 @@ def write_tables(rows: list[dict], out: Path) -> str:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]))
             writer.writeheader()
             writer.writerows(table)
-    lines = ["| dataset | method | layer | images | PSNR | SSIM | PSNR-Y | SSIM-Y |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| dataset | method | layer | images | PSNR | SSIM | PSNR-Y | SSIM-Y | PSNR-inv |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {s['dataset']} | {s['method']} | {s['layer']} | {s['images']} | {s['psnr']:.2f} | "
-              f"{s['ssim']:.4f} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} |" for s in summary]
+              f"{s['ssim']:.4f} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} | {s['psnr_inv']:.2f} |" for s in summary]
     markdown = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(markdown)
     return markdown

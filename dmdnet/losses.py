@@ -1,10 +1,14 @@
 """Training losses and the memory-bank evolution (spec section 9).
 
-The reference adds a VGG19 perceptual term; no ImageNet weights exist offline,
-so `gradient_loss` stands in for it: an L1 loss on image gradients at three
-scales. What the perceptual term mostly buys in reflection removal is edges kept
-where T has them and not copied where R has them; gradients measure exactly that
-and need no pretrained network.
+Every pair is scored by L1 and by an L1 loss on image gradients at three scales (edges kept
+where T has them and not copied where R has them). The reference's VGG19 perceptual term is
+`dmdnet.perceptual` (the layers up to relu3_1 that exist offline), on real pairs.
+
+Real pairs are scored after the network's T is mapped onto the ground truth by its per-channel
+least-squares gain and offset (`dmdnet.photometry`): the two shots differ as a whole in
+brightness and colour (the glass dims and tints, exposures differ), which no network can know
+from the photo and which otherwise dominates the gradient. Matched, only the reflection's
+structure is left to learn; the synthetic pairs keep teaching the absolute photometry.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .diagnostics import CallSite, ForwardObserver
+from .perceptual import VGGFeatures, perceptual_loss
+from .photometry import match_photometry
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,15 +37,6 @@ def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, scales: int = 
         for p, t in zip(image_gradients(prediction), image_gradients(target)):
             total = total + (p - t).abs().flatten(1).mean(1)
     return total / scales
-
-
-def matched_gain(prediction: torch.Tensor, target: torch.Tensor, low: float = 0.2, high: float = 1.7
-                 ) -> torch.Tensor:
-    """(B, 1, 1, 1) per-sample least-squares factor mapping `prediction` onto `target`, clamped to
-    [low, high] and detached: a constant the loss is taken under, not something to learn from."""
-    prediction, target = prediction.detach(), target.detach()
-    gain = (prediction * target).flatten(1).sum(1) / prediction.square().flatten(1).sum(1).clamp_min(1e-6)
-    return gain.clamp(low, high)[:, None, None, None]
 
 
 def l1_per_sample(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -163,13 +160,14 @@ def _memory_read_losses(read: MemoryRead) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Reference weights; `gradient` replaces the VGG term (see module docstring). The
-    `real_*` weights replace `l1_t`, `l1_r`, `gradient` on real pairs, whose R target is only
-    an estimate (`dmdnet.real_pairs.reflection_estimate`)."""
+    """Reference weights for the synthetic pairs; the `real_*` weights replace `l1_t`, `l1_r`,
+    `gradient` and `perceptual` on real pairs, whose R target is only an estimate
+    (`dmdnet.real_pairs.reflection_estimate`)."""
 
     l1_t: float = 1.0
     l1_r: float = 1.0
     gradient: float = 0.5
+    perceptual: float = 0.0
     balance_t: float = 0.008
     balance_r: float = 0.008
     align_t: float = 0.1
@@ -177,26 +175,32 @@ class LossWeights:
     triplet_t: float = 0.1
     triplet_r: float = 0.05
     real_l1_t: float = 1.0
-    real_l1_r: float = 1.0
+    real_l1_r: float = 0.0
     real_gradient: float = 0.5
-    real_gain_matched: bool = False
-    """Score a real pair's T only after scaling it by the factor that best fits its ground truth
-    (`matched_gain`): the two shots differ in overall brightness by exposure and by how much the
-    reflection brightens the photo, which `dmdnet.calibration` fits afterwards, so the network is
-    left to learn what real reflections look like rather than a brightness it cannot know."""
+    real_perceptual: float = 0.1
+    real_matched: bool = True
+    """Score a real pair's T after mapping it onto its ground truth by the per-channel
+    least-squares gain and offset (`dmdnet.photometry.match_photometry`, differentiable)."""
 
 
 def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_target: torch.Tensor,
                     observer: TrainingObserver, weights: LossWeights = LossWeights(),
-                    real: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    real: torch.Tensor | None = None, vgg: VGGFeatures | None = None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """The total training loss and its named parts (for logging). `real` (B,) marks the
     samples of a batch that are real pairs; their layer losses are weighted by `real_*` and
-    also logged on their own (`real_l1_t`, ...)."""
+    also logged on their own (`real_l1_t`, ...). The perceptual term needs `vgg` and is
+    computed only on the samples whose weight for it is not zero."""
     real = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device) if real is None else real.to(t.device)
-    if weights.real_gain_matched and real.any():
-        t = torch.where(real[:, None, None, None], t * matched_gain(t, t_target), t)
+    if weights.real_matched and real.any():
+        t = torch.where(real[:, None, None, None], match_photometry(t, t_target), t)
     layer_terms = {"l1_t": l1_per_sample(t, t_target), "l1_r": l1_per_sample(r, r_target),
                    "gradient": gradient_loss(t, t_target)}
+    perceptual_samples = torch.where(real, weights.real_perceptual, weights.perceptual) > 0
+    if vgg is not None and perceptual_samples.any():
+        per_sample = t.new_zeros(t.shape[0])
+        per_sample[perceptual_samples] = perceptual_loss(vgg, t[perceptual_samples], t_target[perceptual_samples])
+        layer_terms["perceptual"] = per_sample
     align_t, triplet_t = observer.memory_losses("T")
     align_r, triplet_r = observer.memory_losses("R")
     parts = {name: (1.0, torch.where(real, getattr(weights, f"real_{name}"), getattr(weights, name))

@@ -27,7 +27,7 @@ from .diagnostics import Diagnostics, ForwardObserver
 from .images import ImageInput, to_tensor
 from .model import DMDNet
 from .precision import cast_module, output_dtype, parse_dtype
-from .proximity import ProximityEstimator
+from .proximity import lite_depth_model
 from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
 
 DEFAULT_MAX_PIXELS = 2_100_000
@@ -166,13 +166,14 @@ def _released_pipeline_parts(config: DMDNetConfig, checkpoint: object, paths: di
 def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
                          ) -> tuple[DMDNet, nn.Module, WeightsInfo]:
     network = DMDNet(config)
-    estimator = ProximityEstimator(config.depth_feature_channels)
+    estimator = lite_depth_model(config)
     load_dmdnet_weights(network, paths[MODEL_FILE], checkpoint)
     load_proximity_estimator(estimator, checkpoint, paths[MODEL_FILE])
     default = paths[MODEL_FILE] == DEFAULT_WEIGHTS[MODEL_FILE]
-    label = ("DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; "
-             "learned proximity estimator in place of MiDaS)" if default else
-             "DMDNet-Lite (learned proximity estimator in place of MiDaS)")
+    depth = ("frozen ImageNet EfficientNet-Lite0 features and a learned proximity head in place of MiDaS"
+             if config.imagenet_prior else "learned proximity estimator in place of MiDaS")
+    label = (f"DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; {depth})"
+             if default else f"DMDNet-Lite ({depth})")
     return network, estimator, WeightsInfo(label, {spec.role: str(path) for spec, path in paths.items()
                                                    if spec is not DEPTH_FILE})
 

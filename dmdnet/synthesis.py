@@ -1,13 +1,17 @@
 """Synthetic training pairs: a natural photo seen through glass that reflects another.
 
-Four image-formation models are mixed, because real reflections vary and the
-reference's single strong screen blend removes too much on real photos:
+Five image-formation models are mixed, because real reflections vary and the reference's
+single strong, blurred screen blend teaches a network to lift veils and leave the rest:
 - screen blend (the reference's): I = T + R - T*R, T = a*T0, R = b*blur(R0);
 - additive with clipping (CEILNet): I = clip(T0 + b*blur(R0));
-- ghosting (thick glass): R = b*(mix of R0 and a shifted copy), lightly blurred, screen blend;
+- ghosting (thick glass): R = b*(mix of R0 and a copy shifted a few pixels in any direction),
+  lightly blurred, screen blend: the double edges of real window reflections;
 - highlights: I = clip(T0 + b*M*blur(R0)^g), g in [1.5, 3], M a smooth random mask. Real
   reflections are often bright things (lamps, sky, windows) over part of the glass with
-  little light elsewhere, while a plain b*R0 always lays a veil over the whole frame.
+  little light elsewhere, while a plain b*R0 always lays a veil over the whole frame;
+- sharp: R = b*M'*R0 nearly unblurred (sigma <= 1), M' a smooth mask in [0.3, 1], added with
+  clipping: a camera focused near the glass sees the reflected scene in focus, stronger over
+  part of the frame.
 Targets are T0 and the reflection actually present in I (I's share not explained by T0
 for the additive models), so that T + R reproduces the photo.
 """
@@ -23,6 +27,7 @@ from PIL import Image
 
 from .images import image_files
 
+MODEL_NAMES = ("screen", "additive", "ghosting", "highlights", "sharp")
 KERNEL_SIZES = (5, 7, 9, 11)
 KERNEL_PROBABILITIES = (0.1, 0.2, 0.3, 0.4)
 
@@ -88,8 +93,14 @@ class SynthesisSettings:
     highlight_blur_sigma: tuple[float, float] = (0.5, 3.0)
     """Range of the blur's sigma on highlight reflections (bright reflected things are often
     close to in focus)."""
-    model_probabilities: tuple[float, float, float, float] = (0.45, 0.4, 0.15, 0.0)
-    """screen blend, additive, ghosting, highlights."""
+    sharp_strength: tuple[float, float] = (0.1, 0.5)
+    """Range of b for sharp reflections (in focus, so weaker ones already read as structure)."""
+    sharp_blur_sigma: tuple[float, float] = (0.0, 1.0)
+    """Range of the blur's sigma on sharp reflections (0: none)."""
+    ghost_shift: tuple[int, int] = (3, 15)
+    """Range of the ghost's offset in pixels (thicker glass, larger offset)."""
+    model_probabilities: tuple[float, float, float, float, float] = (0.25, 0.2, 0.2, 0.1, 0.25)
+    """Relative frequencies of the models, in the order of `MODEL_NAMES`."""
 
 
 def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
@@ -106,23 +117,36 @@ def random_blur(image: torch.Tensor, sigma_range: tuple[float, float], rng: np.r
     return gaussian_blur(image, size, rng.uniform(*sigma_range))
 
 
+def ghosted(reflection: torch.Tensor, shift_range: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """The reflection mixed with a copy of itself shifted a few pixels in a random direction: the
+    second reflection off the far side of thick glass, usually the weaker of the two."""
+    shift = rng.uniform(*shift_range)
+    angle = rng.uniform(0, 2 * np.pi)
+    dy, dx = round(shift * np.sin(angle)), round(shift * np.cos(angle))
+    mix = rng.uniform(0.5, 0.8)
+    return mix * reflection + (1 - mix) * torch.roll(reflection, (dy, dx), dims=(-2, -1))
+
+
 def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
                settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
     """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
-    b = rng.uniform(*settings.strength)
-    kind = rng.choice(4, p=settings.model_probabilities)
-    if kind == 3:
-        glow = random_blur(reflection, settings.highlight_blur_sigma, rng).clamp(0, 1)
-        r = b * smooth_mask(tuple(reflection.shape[-2:]), rng) * glow ** rng.uniform(1.5, 3.0)
-    elif kind == 2:
-        shift = int(rng.integers(3, 11))
-        dy, dx = int(rng.integers(-shift, shift + 1)), shift
-        mix = rng.uniform(0.5, 0.8)
-        ghost = mix * reflection + (1 - mix) * torch.roll(reflection, (dy, dx), dims=(-2, -1))
-        r = b * gaussian_blur(ghost, 5, rng.uniform(0.5, 1.5))
+    kind = MODEL_NAMES[rng.choice(len(MODEL_NAMES), p=settings.model_probabilities)]
+    size = tuple(reflection.shape[-2:])
+    if kind == "sharp":
+        b = rng.uniform(*settings.sharp_strength)
+        sigma = rng.uniform(*settings.sharp_blur_sigma)
+        sharp = gaussian_blur(reflection, 5, sigma) if sigma > 0.3 else reflection
+        r = b * (0.3 + 0.7 * smooth_mask(size, rng)) * sharp
     else:
-        r = b * random_blur(reflection, settings.blur_sigma, rng)
-    if kind in (1, 3):
+        b = rng.uniform(*settings.strength)
+        if kind == "highlights":
+            glow = random_blur(reflection, settings.highlight_blur_sigma, rng).clamp(0, 1)
+            r = b * smooth_mask(size, rng) * glow ** rng.uniform(1.5, 3.0)
+        elif kind == "ghosting":
+            r = b * gaussian_blur(ghosted(reflection, settings.ghost_shift, rng), 5, rng.uniform(0.5, 1.5))
+        else:
+            r = b * random_blur(reflection, settings.blur_sigma, rng)
+    if kind in ("additive", "highlights", "sharp"):
         blended = (transmission + r).clamp(0, 1)
         return blended, transmission, blended - transmission
     t = rng.uniform(*settings.transmission_gain) * transmission

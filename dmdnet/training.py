@@ -4,7 +4,9 @@
 proximity estimator; `--preset released --depth dpt_next_vit_large_384.pt` trains
 the authors' configuration with MiDaS frozen, as they did. `--real DIR` mixes real pairs
 into every batch and holds `dmdnet.real_pairs.VALIDATION_PAIRS` out of training: the
-checkpoint that scores best on them is kept in `best/`.
+checkpoint that scores best on them (`selection_key`: photometry-invariant gain first) is kept
+in `best/`. `--imagenet-prior` feeds DMDNet-Lite frozen ImageNet features
+(`dmdnet.imagenet_prior`).
 
 Under `torchrun` (`dmdnet.distributed`) every process trains a DistributedDataParallel copy on
 its own batches (`batch` each, its own random stream), rank 0 validates, logs and writes the
@@ -34,8 +36,9 @@ from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .model import DMDNet
 from .pipeline import Pipeline
-from .proximity import ProximityEstimator
-from .evaluation import batch_psnr
+from .proximity import lite_depth_model
+from .evaluation import batch_psnr, invariant_psnr, to_255
+from .perceptual import DEFAULT_VGG_FILE, VGGFeatures
 from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
 from .synthesis import PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
 
@@ -64,6 +67,10 @@ class TrainSettings:
     real_validation: tuple[str, ...] = VALIDATION_PAIRS
     """Real pairs (`<folder>/<stem>`) never trained on; they score checkpoints."""
     loss: LossWeights = field(default_factory=LossWeights)
+    imagenet_prior: bool = False
+    """Feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features (`DMDNetConfig.imagenet_prior`)."""
+    vgg: Path = DEFAULT_VGG_FILE
+    """VGG19 weights for the perceptual term (read only when a perceptual weight is not zero)."""
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -79,12 +86,17 @@ class TrainSettings:
     threads: int | None = None
 
 
-def build_models(preset: str, depth: Path | None) -> tuple[DMDNet, nn.Module, bool]:
+def build_models(preset: str, depth: Path | None, imagenet_prior: bool = False
+                 ) -> tuple[DMDNet, nn.Module, bool]:
     """(network, depth model, whether the depth model trains)."""
     config = PRESETS[preset]()
+    if imagenet_prior:
+        if preset != "lite":
+            raise ValueError("the ImageNet prior replaces DMDNet-Lite's proximity estimator: use --preset lite")
+        config = config.with_imagenet_prior()
     model = DMDNet(config)
     if preset == "lite":
-        return model, ProximityEstimator(config.depth_feature_channels), True
+        return model, lite_depth_model(config), True
     if depth is None:
         raise ValueError("the released preset trains with MiDaS frozen: pass --depth dpt_next_vit_large_384.pt")
     midas = MidasDPT()
@@ -122,21 +134,47 @@ def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, .
     for image in inputs.split(4):
         image = image.to(device)
         outputs.append(model(image, depth_model(image))[0].cpu())
-    prediction = torch.cat(outputs)
-    return {"psnr_t": batch_psnr(prediction, t_targets), "psnr_identity": batch_psnr(inputs, t_targets)}
+    return transmission_scores(list(zip(torch.cat(outputs).split(1), inputs.split(1), t_targets.split(1))))
+
+
+def transmission_scores(triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict:
+    """Mean PSNR and photometry-invariant PSNR (`dmdnet.evaluation.invariant_psnr`) of the
+    predicted T and of the identity, over (prediction, input, target) triples of (1, 3, H, W)."""
+    totals = dict.fromkeys(("psnr_t", "psnr_identity", "psnr_inv_t", "psnr_inv_identity"), 0.0)
+    for prediction, image, target in triples:
+        truth = to_255(target)
+        totals["psnr_t"] += batch_psnr(prediction, target)
+        totals["psnr_identity"] += batch_psnr(image, target)
+        totals["psnr_inv_t"] += invariant_psnr(to_255(prediction), truth)
+        totals["psnr_inv_identity"] += invariant_psnr(to_255(image), truth)
+    return {name: total / len(triples) for name, total in totals.items()}
 
 
 def validate_real(model: DMDNet, depth_model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
                   device, trained_short_side: int) -> dict:
-    """Mean transmission PSNR of the model and of the identity on the real validation pairs at
-    their full size, and the model's score per pair. The model runs as `Pipeline` runs photos
-    (at the trained scale, the full-size T composed from it), so scores compare across scales."""
+    """Transmission scores (`transmission_scores`) on the real validation pairs at their full
+    size, and the model's invariant PSNR per pair. The model runs as `Pipeline` runs photos (at
+    the trained scale, the full-size T composed from it), so scores compare across scales."""
     pipeline = Pipeline(model, depth_model, device, max_short_side=trained_short_side)
-    scores = {name: (batch_psnr(pipeline.separate(image).transmission.cpu(), target), batch_psnr(image, target))
-              for name, image, target in pairs}
-    return {"psnr_t": sum(s[0] for s in scores.values()) / len(scores),
-            "psnr_identity": sum(s[1] for s in scores.values()) / len(scores),
-            "per_pair": {name: round(s[0], 3) for name, s in scores.items()}}
+    outputs = {name: pipeline.separate(image).transmission.cpu() for name, image, _ in pairs}
+    per_pair = {name: round(invariant_psnr(to_255(outputs[name]), to_255(target)), 3) for name, _, target in pairs}
+    return {**transmission_scores([(outputs[name], image, target) for name, image, target in pairs]),
+            "per_pair_inv": per_pair}
+
+
+def invariant_gain(scores: dict) -> float:
+    """What a model's T gains over the identity on the photometry-invariant PSNR."""
+    return scores["psnr_inv_t"] - scores["psnr_inv_identity"]
+
+
+def selection_key(scores: dict) -> tuple[float, float] | None:
+    """How checkpoints are ranked: the real validation split's invariant gain first (to 0.01 dB),
+    its PSNR second. None (never kept) where the synthetic pairs show a collapse: their T no
+    better than the input."""
+    synthetic, real = scores.get("validation"), scores.get("real_validation")
+    if real is None or (synthetic is not None and synthetic["psnr_t"] <= synthetic["psnr_identity"]):
+        return None
+    return round(invariant_gain(real), 2), real["psnr_t"]
 
 
 class Trainer:
@@ -149,9 +187,11 @@ class Trainer:
             torch.set_num_threads(settings.threads)
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ranks = ranks or Ranks.current(self.device)
-        self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth)
-        params = list(self.model.parameters()) + (
-            list(self.depth_model.parameters()) if self.trains_depth else [])
+        torch.manual_seed(settings.seed)  # the same initial weights for the same seed, on every rank
+        self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth,
+                                                                       settings.imagenet_prior)
+        params = [p for p in self.model.parameters() if p.requires_grad] + (
+            [p for p in self.depth_model.parameters() if p.requires_grad] if self.trains_depth else [])
         self.optimizer = torch.optim.Adam(params, lr=settings.lr)
         self.step = 0
         self.best: dict | None = None
@@ -176,6 +216,9 @@ class Trainer:
                                              self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
         self.real_validation = validation_images(held_out)
+        weights = settings.loss
+        self.vgg = (VGGFeatures(settings.vgg).to(self.device) if weights.perceptual > 0
+                    or (self.real_sampler and weights.real_perceptual > 0) else None)
 
     def _check_same_start(self) -> None:
         """Every rank must have resumed from the same step (one `out` that all of them read)."""
@@ -237,7 +280,7 @@ class Trainer:
         real = batch[3] if len(batch) > 3 else None
         observer = TrainingObserver()
         t, r = self.network(inputs, observer)
-        loss, parts = separation_loss(t, r, t_target, r_target, observer, self.settings.loss, real)
+        loss, parts = separation_loss(t, r, t_target, r_target, observer, self.settings.loss, real, self.vgg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
@@ -261,9 +304,9 @@ class Trainer:
             scores["real_validation"] = validate_real(self.model, self.depth_model, self.real_validation,
                                                       self.device, short_side_range(self.settings.patch)[1])
         self._train_mode()
-        real = scores.get("real_validation")
-        if real and (self.best is None or real["psnr_t"] > self.best["psnr_t"]):
-            self.best = {"step": self.step, "psnr_t": real["psnr_t"]}
+        key = selection_key(scores)
+        if key is not None and (self.best is None or key > tuple(self.best.get("key", ()))):
+            self.best = {"step": self.step, "key": list(key), "invariant_gain": key[0], "psnr_t": key[1]}
             self.save_weights(self.out / BEST_FOLDER)
         return scores
 
@@ -296,7 +339,8 @@ class Trainer:
                     scores = self.validate()
                     self.log({"train": parts, **scores})
                     bar.write(f"step {self.step}: " + "; ".join(
-                        f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f} dB)"
+                        f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
+                        f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})"
                         for kind, s in scores.items()))
             if self.step % self.settings.save_every == 0 and main:
                 self.save()

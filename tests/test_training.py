@@ -86,7 +86,7 @@ def test_reflection_blur_range_sets_the_reflections_sharpness():
     generator = torch.Generator().manual_seed(0)
     transmission, reflection = torch.rand(3, 48, 48, generator=generator) * 0.5, torch.rand(3, 48, 48, generator=generator)
     def detail(sigma: float) -> float:
-        settings = SynthesisSettings(strength=(0.5, 0.5), blur_sigma=(sigma, sigma), model_probabilities=(0, 1, 0, 0))
+        settings = SynthesisSettings(strength=(0.5, 0.5), blur_sigma=(sigma, sigma), model_probabilities=(0, 1, 0, 0, 0))
         _, _, target = synthesize(transmission, reflection, np.random.default_rng(0), settings)
         return float(target.diff(dim=-1).abs().mean())
     assert detail(0.3) > 4 * detail(4.0)
@@ -95,8 +95,8 @@ def test_reflection_blur_range_sets_the_reflections_sharpness():
 def test_highlight_reflections_light_part_of_the_frame_and_add_up():
     generator = torch.Generator().manual_seed(1)
     transmission, reflection = torch.rand(3, 64, 64, generator=generator) * 0.5, torch.rand(3, 64, 64, generator=generator)
-    settings = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 0, 0, 1))
-    veil = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 1, 0, 0))
+    settings = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 0, 0, 1, 0))
+    veil = SynthesisSettings(strength=(0.8, 0.8), model_probabilities=(0, 1, 0, 0, 0))
     dark_shares, veil_means, highlight_means = [], [], []
     for seed in range(8):
         blended, t, r = synthesize(transmission, reflection, np.random.default_rng(seed), settings)
@@ -107,6 +107,42 @@ def test_highlight_reflections_light_part_of_the_frame_and_add_up():
         veil_means.append(float(synthesize(transmission, reflection, np.random.default_rng(seed), veil)[2].mean()))
     assert max(dark_shares) > 0.2, dark_shares
     assert np.mean(highlight_means) < 0.5 * np.mean(veil_means)
+
+
+def _only(kind: str, **settings) -> SynthesisSettings:
+    from dmdnet.synthesis import MODEL_NAMES
+
+    return SynthesisSettings(model_probabilities=tuple(float(name == kind) for name in MODEL_NAMES), **settings)
+
+
+def test_sharp_reflections_keep_their_detail_and_add_up():
+    """A sharp reflection keeps most of the reflected scene's fine detail, a blurred veil of the
+    same strength does not, and the input is T plus the R target."""
+    generator = torch.Generator().manual_seed(2)
+    transmission = torch.rand(3, 64, 64, generator=generator) * 0.5
+    # detail at a scale of 2 pixels, as a photo's edges (pixel noise would not survive sigma 1)
+    reflection = torch.nn.functional.interpolate(torch.rand(1, 3, 32, 32, generator=generator), size=(64, 64),
+                                                 mode="bilinear", align_corners=False)[0]
+    def detail(settings: SynthesisSettings, seed: int) -> float:
+        blended, t, r = synthesize(transmission, reflection, np.random.default_rng(seed), settings)
+        assert torch.equal(t, transmission) and torch.allclose(t + r, blended)
+        return float(r.diff(dim=-1).abs().mean() / r.mean())
+    sharp = [detail(_only("sharp", sharp_strength=(0.4, 0.4)), seed) for seed in range(4)]
+    veil = [detail(_only("additive", strength=(0.4, 0.4)), seed) for seed in range(4)]
+    assert min(sharp) > max(veil) and np.mean(sharp) > 3 * np.mean(veil), (sharp, veil)
+
+
+def test_ghosted_reflection_is_the_reflection_plus_a_shifted_copy():
+    from dmdnet.synthesis import ghosted
+
+    reflection = torch.zeros(3, 32, 32)
+    reflection[:, 16, 16] = 1
+    ghost = ghosted(reflection, (6, 6), np.random.default_rng(0))
+    bright = ghost[0].flatten().topk(2)
+    positions = [(int(i) // 32, int(i) % 32) for i in bright.indices]
+    assert positions[0] == (16, 16) and 0.5 <= float(bright.values[0]) <= 0.8
+    assert float(bright.values[0] + bright.values[1]) == pytest.approx(1.0)
+    assert 5 <= np.hypot(positions[1][0] - 16, positions[1][1] - 16) <= 7
 
 
 def test_mix_weights_are_normalised_and_checked():
