@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .files import atomic_path
+
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -250,4 +252,5 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
 def save_png(tensor: torch.Tensor, path: str | Path) -> None:
     """Writes a layer as an 8-bit PNG (clamped to [0, 1], like the reference's test.py)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(tensor)).save(path, compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_path(path) as partial:
+        Image.fromarray(to_uint8(tensor)).save(partial, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
