@@ -195,19 +195,20 @@ def _separate(args: argparse.Namespace) -> int:
     share = ranks.share(list(zip(images, names)))
     args.progress.total = len(share)
     written = 0
-    for path, name in tqdm(args.progress.counted(share), total=len(share), unit="image", disable=not ranks.is_main,
-                           desc=f"separating (rank 0: {len(share)} of {len(images)})" if ranks.distributed
-                           else "separating"):
+    for path, name in tqdm(share, desc=f"separating (rank 0: {len(share)} of {len(images)})"
+                           if ranks.distributed else "separating", unit="image", disable=not ranks.is_main):
         try:
             result = pipe.separate(path)
             frames = frame_count(path)
         except InvalidImageError as error:
             tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
+            args.progress.done += 1
             continue
         try:
-            with uninterrupted():  # both layers of an image, or neither
+            with uninterrupted():  # both layers of an image, or neither; counted with them
                 for layer, tensor in zip(LAYER_FOLDERS, (result.transmission, result.reflection)):
                     save_png(tensor, out / layer / f"{name}.png")
+                args.progress.done += 1
         except OSError as error:
             tqdm.write(f"error: could not write {out / layer / name}.png ({error.strerror or error}); "
                        "stopped", file=sys.stderr)
