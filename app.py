@@ -2,7 +2,8 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
-                  [--native-scale] [--max-queue N] [--dtype bfloat16|float16|float32|float64]
+                  [--native-scale] [--max-queue N] [--max-disk-mb N]
+                  [--dtype bfloat16|float16|float32|float64]
 
 On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
 
@@ -25,6 +26,7 @@ import gc
 import hashlib
 import logging
 import os
+import reprlib
 import sys
 import tempfile
 import threading
@@ -35,7 +37,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio.data_classes import ImageData
 from PIL import Image
+from pydantic import ConfigDict
+from starlette.middleware import Middleware
 
 import dmdnet
 from dmdnet import viz
@@ -43,9 +48,15 @@ from dmdnet.cli import add_weight_options, positive_int
 from dmdnet.images import frame_count, image_files
 from dmdnet.pipeline import DEFAULT_MAX_PIXELS, resolve_device, working_size
 from dmdnet.runs import Run, RunNotFound, RunStore
+from dmdnet.storage import MB, QuotaMiddleware, StorageFull, StorageQuota, holds_outputs
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-RUNS = RunStore(Path(tempfile.gettempdir()) / "dmdnet_runs")
+MAX_DISK_MB = 4096
+"""Default of --max-disk-mb: the run folders and Gradio's cache together (a 24 MP photo takes
+about 35 MB of them, a 1 MP one about 3 MB)."""
+QUOTA = StorageQuota(MAX_DISK_MB * MB, [Path(tempfile.gettempdir()) / "dmdnet_runs",
+                                        Path(gr.utils.get_upload_folder())])
+RUNS = RunStore(QUOTA.folders[0], quota=QUOTA)
 CPU_MAX_PIXELS = 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
 QUEUE_SIZE = 16
@@ -96,6 +107,28 @@ def refuse(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+def storage_full(message: str) -> gr.Error:
+    return refuse(message, "Storage full")
+
+
+copied_by_gradio = holds_outputs(QUOTA, storage_full)
+"""Room is made for what a function returns before Gradio copies it into its cache."""
+
+
+class UploadedImage(ImageData):
+    """The image payload of `/separate` (Gradio's own, same schema), whose refusal of a plain
+    string or number is a message of the app rather than pydantic's text."""
+
+    model_config = ConfigDict(title="ImageData")
+
+    @classmethod
+    def model_validate(cls, obj: object, **kwargs: object) -> UploadedImage:
+        if not isinstance(obj, dict):
+            raise refuse(f"The image has to be an uploaded file, not the value {reprlib.repr(obj)}: with "
+                         "gradio_client, pass handle_file(\"photo.jpg\").", "Not a file")
+        return super().model_validate(obj, **kwargs)
+
+
 def uploaded_file(image: dict | None) -> tuple[Path, str]:
     """The uploaded file and its original name; refuses missing, unreadable and huge images, and
     paths outside Gradio's upload folder (with `preprocess=False` Gradio does not check a bare
@@ -108,6 +141,9 @@ def uploaded_file(image: dict | None) -> tuple[Path, str]:
         raise refuse("The image has to be uploaded: this demo does not read files named by a path on "
                      "the server (with gradio_client, pass handle_file(\"photo.jpg\")).", "Not an upload")
     name = Path(image.get("orig_name") or path).name
+    if not Path(path).is_file():
+        raise refuse(f"{name} is no longer on the server (the oldest files make room for new ones): "
+                     "please upload it again.", "Upload expired")
     limit = f"{MAX_UPLOAD_PIXELS // 1_000_000} MP"
     try:
         with warnings.catch_warnings():
@@ -125,6 +161,7 @@ def uploaded_file(image: dict | None) -> tuple[Path, str]:
     return Path(path), name
 
 
+@copied_by_gradio
 def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple:
     """Separates the photo, saves the run and returns its files (the `/separate` API)."""
     path, name = uploaded_file(image)
@@ -137,7 +174,9 @@ def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple
         run = RUNS.save(result, name, seconds, weights=PIPELINE.weights.label, device=str(PIPELINE.device),
                         frames=frame_count(path))
     except dmdnet.InvalidImageError as error:
-        raise refuse(str(error).replace(str(path), name), "Unreadable image") from None
+        raise refuse(str(error).replace(str(path), name).replace(path.name, name), "Unreadable image") from None
+    except StorageFull as error:
+        raise storage_full(f"{error}; please try again in a few minutes.") from None
     except Exception as error:
         log.exception("separation failed for %s", name)
         reason = (str(error).splitlines() or [""])[0][:200]
@@ -170,6 +209,7 @@ def _site_label(view: viz.ScanView) -> str:
     return f"depth branch for {view.branch[-1]} · block {view.block + 1}"
 
 
+@copied_by_gradio
 def show_layers(run_id: str, alpha: float) -> tuple:
     """Input/layer sliders, the T + alpha*R remix and the run summary line."""
     run = load_run(run_id)
@@ -187,6 +227,7 @@ def show_layers(run_id: str, alpha: float) -> tuple:
             viz.remix(*run.layers, alpha), line)
 
 
+@copied_by_gradio
 def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
     """The transmission plus `alpha` times the reflection."""
     if not run_id:
@@ -194,6 +235,7 @@ def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
     return viz.remix(*load_run(run_id).layers, alpha)
 
 
+@copied_by_gradio
 def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
     """The scan-order map and animation of the chosen level, stream and block.
 
@@ -212,6 +254,7 @@ def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
             viz.scan_figure(view, run.processed_size), str(animation))
 
 
+@copied_by_gradio
 def show_experts(run_id: str | None, call: int | None) -> tuple:
     """Per-expert contribution maps of the chosen MECM call."""
     if not run_id:
@@ -299,6 +342,15 @@ Invalid files, and paths on the server in place of an upload, are refused with a
 `gradio_client.utils.QueueError` ("Queue is full"): wait a few seconds and retry.
 """
 
+TOAST_TITLE_JS = """() => {
+  // Gradio titles every error toast "Error" (its gr.Error title never reaches the page): name the app instead.
+  const retitle = () => document.querySelectorAll(".toast-title.error").forEach((title) => {
+    const text = title.firstChild;
+    if (text && text.nodeType === Node.TEXT_NODE && text.textContent.trim() === "Error") text.textContent = "DMDNet ";
+  });
+  new MutationObserver(retitle).observe(document.body, {childList: true, subtree: true});
+}"""
+
 CSS = """
 .gradio-container { max-width: 1400px !important; margin: auto; }
 #header h1 { margin-bottom: 0.2em; }
@@ -330,6 +382,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
             with gr.Column(scale=2, min_width=320):
                 image = gr.Image(label="Photo through glass", type="filepath", image_mode=None, height=340,
                                  sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                image.data_model = UploadedImage
                 run_button = gr.Button("Separate", variant="primary", size="lg", elem_id="separate")
                 summary = gr.Markdown(elem_id="summary")
                 examples_slot = gr.Column()
@@ -421,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=positive_int, default=QUEUE_SIZE,
                         help="requests that may wait for the network; beyond it clients get "
                              f"\"queue full\" and should retry (default {QUEUE_SIZE})")
+    parser.add_argument("--max-disk-mb", type=positive_int, default=MAX_DISK_MB,
+                        help="disk space of the saved runs and Gradio's cache together; the least recently "
+                             f"used are deleted to stay under it (default {MAX_DISK_MB})")
     add_weight_options(parser, default_dtype=None)
     return parser
 
@@ -446,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("loaded %s on %s", PIPELINE.weights.label, PIPELINE.device)
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(PIPELINE)}"))
+    QUOTA.max_bytes = args.max_disk_mb * MB
     demo = build_demo(PIPELINE)
+    QUOTA.protect(Path(os.environ["GRADIO_EXAMPLES_CACHE"]))
+    QUOTA.protect_existing()  # the example photos Gradio has copied into its cache
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
     # Everything made so far (the weights, Gradio's app) lives as long as the server: leaving
     # it out of the garbage collector's full passes spares a request a 0.3 s pause now and then.
@@ -455,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     # file) reach the client as their message instead of an empty error; every error of ours
     # is already a gr.Error with a message.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size="100mb",
-                show_error=True,
-                theme=gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), css=CSS)
+                show_error=True, app_kwargs={"middleware": [Middleware(QuotaMiddleware, quota=QUOTA)]},
+                theme=gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), css=CSS, js=TOAST_TITLE_JS)
     return 0
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DMDNetConfig
+from .files import atomic_path, uninterrupted
 
 _MUGI_NAMES = {
     "norm1": "block1.0.seq.0", "expand1": "block1.0.seq.1", "dwconv": "block1.0.seq.2",
@@ -315,10 +316,18 @@ def save_dmdnet_checkpoint(model: torch.nn.Module, model_path: str | Path,
                            memory_path: str | Path, **extra: object) -> None:
     """Writes the released formats: {"network": official state dict, **extra} and the bank dict."""
     network = {k: v.detach().cpu() for k, v in ours_to_official(model.state_dict(), model.config).items()}
-    for path in (model_path, memory_path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**extra, "network": network}, model_path)
-    torch.save({k: v.detach().cpu() for k, v in model.memory.as_dict().items()}, memory_path)
+    save_files({model_path: {**extra, "network": network},
+                memory_path: {k: v.detach().cpu() for k, v in model.memory.as_dict().items()}})
+
+
+def save_files(contents: Mapping[str | Path, object]) -> None:
+    """torch.save of each object to its path, each file written whole under a temporary name
+    and renamed into place, all of them before a SIGINT/SIGTERM stops a command."""
+    with uninterrupted():
+        for path, obj in contents.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as partial:
+                torch.save(obj, partial)
 
 
 def _copy_matching(target: Mapping[str, torch.Tensor], source: Mapping[str, object]) -> list[str]:
@@ -410,7 +419,4 @@ def average_checkpoints(model_paths: list[str | Path], memory_paths: list[str | 
             averaged[key] = _mean_tensors([m.get(key) or {} for m in models], key)
     averaged["iterations"] = max(int(m.get("iterations", 0)) for m in models)
     banks = _mean_tensors([_read_memory_banks(path) for path in memory_paths], "memory banks")
-    for path in (out_model, out_memory):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(averaged, out_model)
-    torch.save({k: F.normalize(v, dim=-1) for k, v in banks.items()}, out_memory)
+    save_files({out_model: averaged, out_memory: {k: F.normalize(v, dim=-1) for k, v in banks.items()}})

@@ -6,17 +6,58 @@ the results."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from .files import Stopped, stop_on_signals, uninterrupted
 from .images import image_files
 
 LAYER_FOLDERS = ("transmission_layer", "reflection_layer")
+T = TypeVar("T")
 
 
 class UsageError(Exception):
     """A bad argument: `main` prints the message as one line and exits with status 2."""
+
+
+@dataclass
+class Progress:
+    """How far a command has got: what the line ending a SIGINT/SIGTERM stop reports."""
+
+    total: int = 0
+    unit: str = "images"
+    done: int = 0
+
+    def counted(self, items: Iterable[T]) -> Iterator[T]:
+        """`items`, each counted as done once the next is asked for (or the loop ends)."""
+        for item in items:
+            yield item
+            self.done += 1
+
+    def stopped_line(self) -> str:
+        return f"stopped after {self.done} of {self.total} {self.unit}; every written file is complete"
+
+
+def check_all(*checks: Callable[[], object]) -> list:
+    """Runs every check and returns their results; raises one UsageError naming the problems
+    of all that failed, so that a user sees them together."""
+    from .checkpoints import CheckpointError
+
+    results, problems = [], []
+    for check in checks:
+        try:
+            results.append(check())
+        except (UsageError, ValueError, CheckpointError) as error:
+            problems.append(str(error))
+            results.append(None)
+    if problems:
+        raise UsageError("; ".join(problems))
+    return results
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -81,10 +122,21 @@ def output_names(images: list[Path]) -> list[str]:
     return names
 
 
-def prepare_output(out: Path) -> None:
-    """Creates the layer folders under --out before any work, so a bad --out fails at once."""
+def check_output(out: Path) -> None:
+    """Raises UsageError when --out is a file or its layer folders could not be created or
+    written; creates nothing."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    for folder in (out / layer for layer in LAYER_FOLDERS):
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        if not existing.is_dir():
+            raise UsageError(f"--out {out}: cannot create {folder} ({existing} is a file)")
+        if not os.access(existing, os.W_OK):
+            raise UsageError(f"--out {out}: {existing} is not writable")
+
+
+def prepare_output(out: Path) -> None:
+    """Creates the layer folders under --out before any work, so a bad --out fails at once."""
     for folder in (out / layer for layer in LAYER_FOLDERS):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -124,15 +176,14 @@ def _separate(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .distributed import Ranks
     from .images import InvalidImageError, frame_count, save_png
-    from .pipeline import resolve_device
+    from .pipeline import find_weights, resolve_device
 
-    images = collect_images(args.paths)
-    names = output_names(images)
     out = Path(args.out)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    images, device, *_ = check_all(lambda: collect_images(args.paths), lambda: resolve_device(args.device),
+                                   lambda: check_output(out),
+                                   lambda: find_weights(args.model, args.memory, args.depth, args.hub_repo))
+    names = output_names(images)
+    args.progress.total = len(images)
     prepare_output(out)
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=device,
@@ -142,6 +193,7 @@ def _separate(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     ranks = Ranks.current(pipe.device)
     share = ranks.share(list(zip(images, names)))
+    args.progress.total = len(share)
     written = 0
     for path, name in tqdm(share, desc=f"separating (rank 0: {len(share)} of {len(images)})"
                            if ranks.distributed else "separating", unit="image", disable=not ranks.is_main):
@@ -150,10 +202,13 @@ def _separate(args: argparse.Namespace) -> int:
             frames = frame_count(path)
         except InvalidImageError as error:
             tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
+            args.progress.done += 1
             continue
         try:
-            for layer, tensor in zip(LAYER_FOLDERS, (result.transmission, result.reflection)):
-                save_png(tensor, out / layer / f"{name}.png")
+            with uninterrupted():  # both layers of an image, or neither; counted with them
+                for layer, tensor in zip(LAYER_FOLDERS, (result.transmission, result.reflection)):
+                    save_png(tensor, out / layer / f"{name}.png")
+                args.progress.done += 1
         except OSError as error:
             tqdm.write(f"error: could not write {out / layer / name}.png ({error.strerror or error}); "
                        "stopped", file=sys.stderr)
@@ -170,19 +225,34 @@ def _separate(args: argparse.Namespace) -> int:
     return 0 if written == len(images) else 1
 
 
+def check_dataset(name: str) -> int:
+    """The number of pairs in the dataset folder `name`; raises UsageError unless it has
+    images in blended/."""
+    from .evaluation import dataset_pairs
+
+    if not (Path(name) / "blended").is_dir():
+        raise UsageError(f"not a dataset folder (no blended/ inside): {name}")
+    try:
+        return len(dataset_pairs(Path(name)))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
     from .distributed import Ranks
-    from .evaluation import evaluate_dataset, to_255, write_tables
+    from .evaluation import dataset_pairs, evaluate_dataset, to_255, write_tables
+    from .pipeline import find_weights, resolve_device
 
-    missing = [name for name in args.datasets if not (Path(name) / "blended").is_dir()]
-    if missing:
-        raise UsageError("not a dataset folder (no blended/ inside): " + ", ".join(missing))
+    device, _, *counts = check_all(lambda: resolve_device(args.device),
+                                   lambda: find_weights(args.model, args.memory, args.depth, args.hub_repo),
+                                   *(functools.partial(check_dataset, name) for name in args.datasets))
+    args.progress.unit, args.progress.total = "pairs", sum(counts)
     try:
-        pipe = load_pipeline(args.model, args.memory, args.depth, device=args.device,
+        pipe = load_pipeline(args.model, args.memory, args.depth, device=device,
                              dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
@@ -192,17 +262,35 @@ def _evaluate(args: argparse.Namespace) -> int:
         return to_255(result.transmission), to_255(result.reflection)
 
     ranks = Ranks.current(pipe.device)
-    rows = []
-    for folder in map(Path, args.datasets):
-        rows += ranks.gather_lists(evaluate_dataset(
-            folder, separate, lambda pairs: tqdm(pairs, desc=folder.name, unit="image", disable=not ranks.is_main),
-            select=ranks.share))
+    folders = list(map(Path, args.datasets))
+    if ranks.distributed:
+        args.progress.total = sum(len(ranks.share(dataset_pairs(folder))) for folder in folders)
+    rows, skipped, without_truth = [], [], []
+    for folder in folders:
+        scores = evaluate_dataset(folder, separate, lambda pairs: tqdm(
+            args.progress.counted(pairs), total=len(pairs), desc=folder.name, unit="image",
+            disable=not ranks.is_main), select=ranks.share)
+        rows += ranks.gather_lists(scores.rows)
+        skipped += ranks.gather_lists(scores.skipped)
+        without_truth += ranks.gather_lists(scores.without_truth)
     if not ranks.is_main:
         return 0
-    markdown = write_tables(rows, Path(args.out))
-    print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
-    print(f"per-image scores and summary written to {args.out}/")
-    return 0
+    if without_truth:
+        print("not scored (no transmission_layer/ image): "
+              + ", ".join(f"{pair['dataset']}/{pair['image']}" for pair in without_truth), file=sys.stderr)
+    problems = [f"skipped {pair['dataset']}/{pair['image']}: {pair['reason']}" for pair in skipped]
+    problems += [f"{folder}: no pair could be scored" for folder in folders
+                 if not any(row["dataset"] == folder.name for row in rows)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if rows:
+        markdown = write_tables(rows, Path(args.out), skipped + without_truth)
+        print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
+        print(f"per-image scores and summary written to {args.out}/ (the pairs not scored in skipped.csv)")
+    if problems:
+        print(f"error: {len(problems)} problems, listed above" + ("" if rows else f"; no tables written to {args.out}/"),
+              file=sys.stderr)
+    return 1 if problems else 0
 
 
 def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
@@ -213,19 +301,26 @@ def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
     return tuple(w / total for w in weights)
 
 
+def check_fraction(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise UsageError("--real-fraction must lie in [0, 1]")
+
+
 def _train(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .losses import LossWeights
+    from .pipeline import resolve_device
     from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
 
-    if not 0 <= args.real_fraction <= 1:
-        raise UsageError("--real-fraction must lie in [0, 1]")
+    def check_vgg() -> None:
+        perceptual = args.perceptual > 0 or (args.real and args.real_perceptual > 0)
+        if perceptual and not Path(args.vgg).is_file():
+            raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
+                             "--perceptual 0 --real-perceptual 0 trains without it)")
+
+    check_all(lambda: resolve_device(args.device), lambda: check_fraction(args.real_fraction), check_vgg)
     real_l1_t, real_l1_r, real_gradient = args.real_loss
-    perceptual = args.perceptual > 0 or (args.real and args.real_perceptual > 0)
-    if perceptual and not Path(args.vgg).is_file():
-        raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
-                         "--perceptual 0 --real-perceptual 0 trains without it)")
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -247,7 +342,11 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(settings)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
-    trainer.run()
+    args.progress.unit, args.progress.total = "steps", settings.steps
+    try:
+        trainer.run()
+    finally:
+        args.progress.done = trainer.step
     if trainer.ranks.is_main:
         print(f"checkpoints in {settings.out}")
     return 0
@@ -396,14 +495,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import LaunchError, process_group
+    """Runs one command; returns its exit status: 0 done, 1 some inputs skipped, 2 a bad
+    argument, 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped it."""
+    from .distributed import LaunchError, launched_by_torchrun, process_group
 
     args = build_parser().parse_args(argv)
+    args.progress = Progress()
+    # One process: each command checks --device itself, together with its other arguments.
+    device = getattr(args, "device", None) if launched_by_torchrun() else None
     try:
-        with process_group(getattr(args, "device", None)) as ranks:
+        with stop_on_signals(), process_group(device) as ranks:
             if ranks.distributed:
                 args.device = str(ranks.device)
-            return args.run(args)
+            try:
+                return args.run(args)
+            except Stopped as stop:
+                exit_code = stop.exit_code
+            # Printed once the stopped command's frames are gone: its progress bars have closed.
+            if ranks.is_main:
+                print(args.progress.stopped_line(), file=sys.stderr)
+            return exit_code
     except (UsageError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -40,7 +40,8 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .images import image_files, to_tensor
+from .files import atomic_path, write_text
+from .images import InvalidImageError, image_files, to_tensor
 from .photometry import match_photometry
 
 DATA_RANGE = 255.0
@@ -125,28 +126,67 @@ Separator = Callable[[Path], tuple[np.ndarray, np.ndarray]]
 """blended file -> (T, R) as (H, W, 3) arrays on a 0-255 scale."""
 
 
+class UnscorablePair(ValueError):
+    """A pair that cannot be scored; the message says why."""
+
+
+class NoGroundTruth(UnscorablePair):
+    """A blended image without its transmission (some sets have such by design)."""
+
+
+@dataclass
+class DatasetScores:
+    """What `evaluate_dataset` found: one row per scored image and layer, the pairs it could
+    not score for a fault of their files, and the blended images that have no transmission to
+    score against (both as {"dataset", "image", "reason"})."""
+
+    rows: list[dict]
+    skipped: list[dict]
+    without_truth: list[dict]
+
+
+def _read_pair(pair: PairFiles) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Blended, T and R (None when absent) on a 0-255 scale; raises UnscorablePair or
+    InvalidImageError (both name what is wrong)."""
+    if pair.transmission is None:
+        raise NoGroundTruth("no transmission_layer/ image")
+    blended = to_255(to_tensor(pair.blended))
+    truths = [to_255(to_tensor(file)) if file else None for file in (pair.transmission, pair.reflection)]
+    for file, truth in zip((pair.transmission, pair.reflection), truths):
+        if truth is not None and truth.shape != blended.shape:
+            raise UnscorablePair(f"{file.parent.name}/{file.name} is {truth.shape[1]}x{truth.shape[0]}, "
+                                 f"blended/{pair.blended.name} {blended.shape[1]}x{blended.shape[0]}")
+    return blended, *truths
+
+
 def evaluate_dataset(folder: Path, separate: Separator, progress=None,
-                     select: Callable[[list[PairFiles]], list[PairFiles]] = list) -> list[dict]:
+                     select: Callable[[list[PairFiles]], list[PairFiles]] = list) -> DatasetScores:
     """One row per image: method ("model" or "identity"), layer, metrics; `select` picks the
-    pairs to score (a distributed run's share, `dmdnet.distributed.Ranks.share`)."""
-    rows = []
+    pairs to score (a distributed run's share, `dmdnet.distributed.Ranks.share`). Pairs without
+    a transmission, with an unreadable file or with sizes that differ are set aside, each with
+    its reason, before the model runs on them."""
+    scores = DatasetScores([], [], [])
     pairs = select(dataset_pairs(folder))
     for pair in progress(pairs) if progress else pairs:
-        blended = to_255(to_tensor(pair.blended))
+        try:
+            blended, *truths = _read_pair(pair)
+        except (UnscorablePair, InvalidImageError) as error:
+            unscored = scores.without_truth if isinstance(error, NoGroundTruth) else scores.skipped
+            unscored.append({"dataset": folder.name, "image": pair.name, "reason": str(error)})
+            continue
         outputs = {"model": separate(pair.blended), "identity": (blended, blended)}
-        for layer, truth_file, index in (("T", pair.transmission, 0), ("R", pair.reflection, 1)):
-            if truth_file is None:
+        for layer, truth, index in (("T", truths[0], 0), ("R", truths[1], 1)):
+            if truth is None:
                 continue
-            truth = to_255(to_tensor(truth_file))
             for method, layers in outputs.items():
                 if method == "identity" and layer == "R":
                     continue
                 if layers[index].shape != truth.shape:
                     raise ValueError(f"{pair.name}: output {layers[index].shape} and ground truth "
                                      f"{truth.shape} differ in size")
-                rows.append({"dataset": folder.name, "image": pair.name, "method": method,
-                             "layer": layer, **image_scores(layers[index], truth)})
-    return rows
+                scores.rows.append({"dataset": folder.name, "image": pair.name, "method": method,
+                                    "layer": layer, **image_scores(layers[index], truth)})
+    return scores
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -159,13 +199,15 @@ def summarize(rows: list[dict]) -> list[dict]:
             for (d, m, layer), g in groups.items()]
 
 
-def write_tables(rows: list[dict], out: Path) -> str:
-    """Writes per_image.csv, summary.csv and summary.md into `out`; returns the Markdown."""
+def write_tables(rows: list[dict], out: Path, skipped: list[dict] = ()) -> str:
+    """Writes per_image.csv, summary.csv, skipped.csv (`skipped`: {"dataset", "image", "reason"}
+    of the pairs not scored) and summary.md into `out`; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
-    for name, table in (("per_image.csv", rows), ("summary.csv", summary)):
-        with open(out / name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+    for name, table, fields in (("per_image.csv", rows, list(rows[0])), ("summary.csv", summary, list(summary[0])),
+                                ("skipped.csv", skipped, ["dataset", "image", "reason"])):
+        with atomic_path(out / name) as partial, open(partial, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(table)
     lines = ["| dataset | method | layer | images | PSNR | SSIM | PSNR-Y | SSIM-Y | PSNR-inv |",
@@ -173,5 +215,5 @@ def write_tables(rows: list[dict], out: Path) -> str:
     lines += [f"| {s['dataset']} | {s['method']} | {s['layer']} | {s['images']} | {s['psnr']:.2f} | "
               f"{s['ssim']:.4f} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} | {s['psnr_inv']:.2f} |" for s in summary]
     markdown = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(markdown)
+    write_text(out / "summary.md", markdown)
     return markdown

@@ -10,6 +10,7 @@ scale its maximum implies: [0, 1], 0-255 or 0-65535. Of a file with several fram
 from __future__ import annotations
 
 import contextlib
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
@@ -17,6 +18,8 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from .files import atomic_path
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -44,12 +47,27 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _check_regular_file(path: Path) -> None:
+    """Raises InvalidImageError unless `path` is a regular file (links followed), judged from
+    its metadata alone: opening a FIFO would wait for a writer forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise InvalidImageError(f"image file not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise InvalidImageError(f"{path.name} is {kind}, not an image file (not opened)")
+
+
 @contextlib.contextmanager
 def _checked_open(path: Path) -> Iterator[Image.Image]:
-    """Image.open with the checks every file gets (exists, at most MAX_FILE_PIXELS); any
-    failure to read it, inside the `with` block too, becomes an InvalidImageError."""
-    if not path.is_file():
-        raise InvalidImageError(f"image file not found: {path}")
+    """Image.open with the checks every file gets (a regular file, at most MAX_FILE_PIXELS);
+    any failure to read it, inside the `with` block too, becomes an InvalidImageError."""
+    _check_regular_file(path)
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_FILE_PIXELS:
@@ -111,6 +129,7 @@ def _read_16_bit_colour_png(path: Path) -> np.ndarray:
 def read_image_file(path: str | Path) -> np.ndarray:
     """An image file -> a numpy image that keeps its bit depth (first frame, EXIF orientation applied)."""
     path = Path(path)
+    _check_regular_file(path)
     if _is_16_bit_colour_png(path):
         return _read_16_bit_colour_png(path)
     return _pil_to_array(open_image(path))
@@ -208,7 +227,11 @@ def to_tensor(image: ImageInput) -> torch.Tensor:
         tensor = _tensor_to_batch(image)
     else:
         if isinstance(image, (str, Path)):
-            image = read_image_file(image)
+            array = read_image_file(image)
+            try:
+                return to_tensor(array)
+            except InvalidImageError as error:  # the data's fault: say which file holds it
+                raise InvalidImageError(f"{Path(image).name}: {error}") from None
         if isinstance(image, Image.Image):
             image = _pil_to_array(image)
         if not isinstance(image, np.ndarray):
@@ -229,4 +252,5 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
 def save_png(tensor: torch.Tensor, path: str | Path) -> None:
     """Writes a layer as an 8-bit PNG (clamped to [0, 1], like the reference's test.py)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(tensor)).save(path, compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_path(path) as partial:
+        Image.fromarray(to_uint8(tensor)).save(partial, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

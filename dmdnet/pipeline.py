@@ -28,7 +28,7 @@ from .images import ImageInput, to_tensor
 from .model import DMDNet
 from .precision import cast_module, output_dtype, parse_dtype
 from .proximity import lite_depth_model
-from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, find_weight_file
+from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, WeightFile, find_weight_file
 
 DEFAULT_MAX_PIXELS = 2_100_000
 
@@ -178,6 +178,37 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
                                                    if spec is not DEPTH_FILE})
 
 
+def find_weights(model: str | Path | None = None, memory: str | Path | None = None,
+                 depth: str | Path | None = None, hub_repo: str | None = None) -> dict[WeightFile, Path | None]:
+    """The weight files `load_pipeline` would load (the depth file None where none is needed
+    or found), checked from the files alone. Raises `CheckpointError` naming every file that
+    is missing or not a checkpoint at all, in one message."""
+    roles = ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))
+    paths, problems = {}, {}
+    for spec, explicit in roles:
+        try:
+            paths[spec] = find_weight_file(spec, explicit, hub_repo)
+        except CheckpointError as error:
+            problems[spec] = str(error)
+    if not problems and all(path is None for path in paths.values()):
+        if not DEFAULT_WEIGHTS[MODEL_FILE].is_file():
+            raise CheckpointError(
+                "no weights found: give the authors' files (paths, DMDNET_MODEL/DMDNET_MEMORY/"
+                f"DMDNET_DEPTH, or the {MODEL_FILE.seed_path} layout), or restore the project's "
+                f"default weights at {DEFAULT_WEIGHTS[MODEL_FILE].parent} (`pip install .` does not copy "
+                "them: install the repository with `pip install -e .`)")
+        paths = {**DEFAULT_WEIGHTS, DEPTH_FILE: None}
+    for spec, path in paths.items():
+        if path is not None:
+            problems[spec] = checkpoint_problem(path, spec.role)
+        elif spec is not DEPTH_FILE:
+            problems[spec] = (f"no {spec.role} file found (pass a path, set {spec.env_var}, "
+                              f"or place it at {spec.seed_path})")
+    if any(problems.values()):
+        raise CheckpointError("; ".join(problems[spec] for spec, _ in roles if problems.get(spec)))
+    return paths
+
+
 def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
                   depth: str | Path | None = None, device: torch.device | str | None = None,
                   dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
@@ -193,28 +224,7 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
     Photos whose short side exceeds the one the weights were trained at (recorded as
     "trained_short_side" in the model file) run at that scale unless `native_scale`.
     """
-    roles = ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))
-    paths, problems = {}, {}
-    for spec, explicit in roles:
-        try:
-            paths[spec] = find_weight_file(spec, explicit, hub_repo)
-        except CheckpointError as error:
-            problems[spec] = str(error)
-    if not problems and all(path is None for path in paths.values()):
-        if not DEFAULT_WEIGHTS[MODEL_FILE].is_file():
-            raise CheckpointError(
-                "no weights found: give the authors' files (paths, DMDNET_MODEL/DMDNET_MEMORY/"
-                f"DMDNET_DEPTH, or the {MODEL_FILE.seed_path} layout), or restore the project's "
-                f"default weights at {DEFAULT_WEIGHTS[MODEL_FILE].parent}")
-        paths = {**DEFAULT_WEIGHTS, DEPTH_FILE: None}
-    for spec, path in paths.items():
-        if path is not None:
-            problems[spec] = checkpoint_problem(path, spec.role)
-        elif spec is not DEPTH_FILE:
-            problems[spec] = (f"no {spec.role} file found (pass a path, set {spec.env_var}, "
-                              f"or place it at {spec.seed_path})")
-    if any(problems.values()):
-        raise CheckpointError("; ".join(problems[spec] for spec, _ in roles if problems.get(spec)))
+    paths = find_weights(model, memory, depth, hub_repo)
     checkpoint = read_checkpoint(paths[MODEL_FILE], MODEL_FILE.role)
     config = config_from_checkpoint(checkpoint, paths[MODEL_FILE])
     build = _lite_pipeline_parts if (isinstance(checkpoint, dict) and "proximity_estimator" in checkpoint) \

@@ -11,10 +11,12 @@ of OpenMP threads, which slowed the next separation by 40% here.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +27,18 @@ import numpy as np
 from PIL import Image
 
 from . import viz
+from .files import PARTIAL_SUFFIX, atomic_path
 from .images import PNG_COMPRESS_LEVEL, to_uint8
 from .pipeline import SeparationResult
+from .storage import StorageQuota
 
 RUN_ID = re.compile(r"run-[0-9a-f]{32}")
 RUN_LIFETIME_S = 24 * 3600
 PREVIEW_SIDE = 1280
+PARTIAL_LIFETIME_S = 3600
+"""A hidden, half-written run folder older than this was left by a killed server."""
+FIGURE_BYTES = 400_000
+"""Room made for each figure (and the summary) of a run: the PNGs measured 12-170 kB."""
 IMAGE_WRITERS = ThreadPoolExecutor(3, thread_name_prefix="run-images")
 """Writes the PNGs of runs: layers, previews and figures (the two layers and the input's
 preview at a time)."""
@@ -77,10 +85,28 @@ class Run:
         """The GIF of one scan, drawn on first request and kept in the folder."""
         path = self.folder / f"scan_L{view.level}_{view.stream}_{view.branch}_{view.block}.gif"
         if not path.is_file():
-            partial = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            viz.save_gif(viz.scan_animation(view, self.processed_size), partial)
-            partial.replace(path)
+            with atomic_path(path) as partial:
+                viz.save_gif(viz.scan_animation(view, self.processed_size), partial)
         return path
+
+
+def _png_bound(width: int, height: int, max_side: int | None = None) -> int:
+    """The most bytes an RGB PNG of that size (shrunk to fit `max_side`) can take: zlib
+    stores data it cannot compress, plus a filter byte a row and the chunks' headers."""
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return 3 * width * height + height + (3 * width * height) // 1000 + 4096
+
+
+def _size_bound(result: SeparationResult, arrays: dict[str, np.ndarray]) -> int:
+    """The most bytes the files of a run can take: two full-size layers and their previews
+    where they are larger than one, the input's preview, the diagnostics arrays, and
+    FIGURE_BYTES for each figure and the summary."""
+    height, width = result.image.shape[-2:]
+    previews = 1 if max(height, width) <= PREVIEW_SIDE else 3
+    return (2 * _png_bound(width, height) + previews * _png_bound(width, height, PREVIEW_SIDE)
+            + sum(array.nbytes + 1024 for array in arrays.values()) + 4 * FIGURE_BYTES)
 
 
 def _write_png(image: Image.Image, path: Path, max_side: int | None = None) -> None:
@@ -89,7 +115,8 @@ def _write_png(image: Image.Image, path: Path, max_side: int | None = None) -> N
     if max_side is not None and max(image.size) > max_side:
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    image.save(path, compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_path(path) as partial:
+        image.save(partial, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,19 +127,43 @@ def _read_run(folder: Path) -> Run:
 
 
 class RunStore:
-    """Run folders under one root directory."""
+    """Run folders under one root directory, within `quota` when given (see `dmdnet.storage`)."""
 
-    def __init__(self, root: Path, lifetime_s: float = RUN_LIFETIME_S):
+    def __init__(self, root: Path, lifetime_s: float = RUN_LIFETIME_S, quota: StorageQuota | None = None):
         self.root = Path(root)
         self.lifetime_s = lifetime_s
+        self.quota = quota
 
     def save(self, result: SeparationResult, name: str, seconds: float, **details: object) -> Run:
         """Writes the layers (full resolution), previews, figures and diagnostics of one
-        separation (run with diagnostics); `details` go into its summary."""
+        separation (run with diagnostics); `details` go into its summary.
+
+        The folder is written under a hidden name and renamed to its run id once complete, so
+        no reader ever finds a run half-written. With a quota, room for the most the run can
+        take is made before anything is written; raises `dmdnet.storage.StorageFull` when
+        none can be made."""
         self.prune()
         run_id = f"run-{uuid.uuid4().hex}"
-        folder = self.root / run_id
-        folder.mkdir(parents=True)
+        partial = self.root / f".{run_id}{PARTIAL_SUFFIX}"
+        partial.mkdir(parents=True)
+        try:
+            scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
+            arrays = viz.views_to_arrays(scans, experts)
+            room = self.quota.reserve(_size_bound(result, arrays)) if self.quota else contextlib.nullcontext()
+            with room:
+                info = self._write(partial, result, name, seconds, run_id, scans, experts, arrays, details)
+            folder = self.root / run_id
+            partial.rename(folder)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return Run(folder, info, scans, experts)
+
+    @staticmethod
+    def _write(folder: Path, result: SeparationResult, name: str, seconds: float, run_id: str,
+               scans: list[viz.ScanView], experts: list[viz.ExpertView], arrays: dict[str, np.ndarray],
+               details: dict) -> dict:
+        """Writes a run's files into `folder`; returns its info."""
         stem = re.sub(r"[^\w.-]+", "_", Path(name).stem)[:60] or "image"
         files = {"transmission": f"{stem}_transmission.png", "reflection": f"{stem}_reflection.png",
                  "input_preview": "input_preview.png", "transmission_preview": "transmission_preview.png",
@@ -128,8 +179,7 @@ class RunStore:
                 files[f"{key}_preview"] = files[key]
             else:
                 writes.append(IMAGE_WRITERS.submit(_write_png, image, folder / files[f"{key}_preview"], PREVIEW_SIDE))
-        scans, experts = viz.scan_views(result.diagnostics), viz.expert_views(result.diagnostics)
-        np.savez(folder / files["diagnostics"], **viz.views_to_arrays(scans, experts))
+        np.savez(folder / files["diagnostics"], **arrays)
         figures = {"depth": lambda: viz.depth_figure(result.depth[0, 0].float().numpy()),
                    "scan_order": lambda: viz.scan_overview(scans, result.processed_size),
                    "gates": lambda: viz.gate_heatmap(np.stack([e.coefficients for e in experts]),
@@ -152,7 +202,7 @@ class RunStore:
             "files": files,
         }
         (folder / "info.json").write_text(json.dumps(info, indent=1))
-        return Run(folder, info, scans, experts)
+        return info
 
     def load(self, run_id: object) -> Run:
         """The run `run_id` names (ids come from browsers, so they are checked); marks it as
@@ -164,13 +214,13 @@ class RunStore:
         return _read_run(folder)
 
     def prune(self, now: float | None = None) -> None:
-        """Deletes run folders nobody has looked at for `lifetime_s`."""
+        """Deletes run folders nobody has looked at for `lifetime_s`, and folders a killed
+        server left half-written (older than PARTIAL_LIFETIME_S)."""
         now = time.time() if now is None else now
-        for folder in self.root.glob("run-*"):
-            try:
-                if now - folder.stat().st_mtime > self.lifetime_s:
-                    for item in folder.iterdir():
-                        item.unlink()
-                    folder.rmdir()
-            except OSError:
-                continue
+        for pattern, lifetime in (("run-*", self.lifetime_s), (f".run-*{PARTIAL_SUFFIX}", PARTIAL_LIFETIME_S)):
+            for folder in self.root.glob(pattern):
+                try:
+                    if now - folder.stat().st_mtime > lifetime:
+                        shutil.rmtree(folder)
+                except OSError:
+                    continue

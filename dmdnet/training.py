@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoints import (load_dmdnet_weights, load_memory_banks, load_midas_weights, read_checkpoint,
-                          save_dmdnet_checkpoint, warm_start)
+                          save_dmdnet_checkpoint, save_files, warm_start)
 from .config import DMDNetConfig
 from .depth import MidasDPT
 from .distributed import Ranks
@@ -38,6 +38,7 @@ from .model import DMDNet
 from .pipeline import Pipeline
 from .proximity import lite_depth_model
 from .evaluation import batch_psnr, invariant_psnr, to_255
+from .files import Stopped, uninterrupted
 from .perceptual import DEFAULT_VGG_FILE, VGGFeatures
 from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
 from .synthesis import PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
@@ -258,9 +259,12 @@ class Trainer:
         save_dmdnet_checkpoint(self.model, folder / MODEL_NAME, folder / MEMORY_NAME, **extra)
 
     def save(self) -> None:
-        self.save_weights(self.out)
-        torch.save({"optimizer": self.optimizer.state_dict(), "best": self.best, "settings": json.loads(
-            json.dumps(asdict(self.settings), default=str))}, self.out / STATE_NAME)
+        """The weights and the optimiser state: each file complete, all of one step."""
+        with uninterrupted():
+            self.save_weights(self.out)
+            save_files({self.out / STATE_NAME: {
+                "optimizer": self.optimizer.state_dict(), "best": self.best,
+                "settings": json.loads(json.dumps(asdict(self.settings), default=str))}})
 
     def sample(self) -> tuple[torch.Tensor, ...]:
         """A batch (input, T, R, real mask): `real_fraction` of it real pairs, the rest synthetic."""
@@ -321,6 +325,18 @@ class Trainer:
         return deadline == math.inf or not self.ranks.any(time.monotonic() >= deadline)
 
     def run(self) -> None:
+        """Trains to `steps` (or `minutes`), saving every `save_every` steps and at the end.
+
+        A SIGINT/SIGTERM (`dmdnet.files.Stopped`) waits for the step under way, then the
+        checkpoint of that step is saved and the `Stopped` goes on."""
+        try:
+            self._run()
+        except Stopped:
+            if self.ranks.is_main:
+                self.save()
+            raise
+
+    def _run(self) -> None:
         main = self.ranks.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -329,7 +345,8 @@ class Trainer:
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
         bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step", disable=not main)
         while self.step < self.settings.steps and self.time_left(deadline):
-            parts = self.train_step()
+            with uninterrupted():
+                parts = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}")
             if self.step % self.settings.validate_every == 0 and (self.validation is not None

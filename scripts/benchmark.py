@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from dmdnet import dsmamba  # noqa: E402
 from dmdnet.depth import MidasDPT  # noqa: E402
+from dmdnet.files import write_text  # noqa: E402
 from dmdnet.model import DMDNet  # noqa: E402
 from dmdnet.ops import scan  # noqa: E402
 from dmdnet.pipeline import Pipeline  # noqa: E402
@@ -264,7 +265,7 @@ def main() -> None:
               f"sequential oracle {oracle['reference_s']:.3f} s, "
               f"relative error {oracle['relative_error_float64']:.1e}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_text(args.json, json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dmdnet  # noqa: E402
+from dmdnet.files import atomic_path  # noqa: E402
 from dmdnet.images import image_files, to_uint8  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def main() -> None:
     figure.suptitle(pipe.weights.label, fontsize=10, y=1 - 0.12 / height, va="top")
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.005, top=1 - 0.7 / height)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=110, pil_kwargs={"quality": 88})
+    with atomic_path(args.out) as partial:
+        figure.savefig(partial, format=Path(args.out).suffix.lstrip(".") or "png", dpi=110, pil_kwargs={"quality": 88})
     plt.close(figure)
     print(f"wrote {args.out} ({len(rows)} photos)")
 

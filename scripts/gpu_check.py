@@ -40,6 +40,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import dmdnet  # noqa: E402
 from conftest import write_seeded_checkpoints  # noqa: E402
+from dmdnet.files import write_text  # noqa: E402
 from dmdnet.ops import scan  # noqa: E402
 from dmdnet.precision import parse_dtype  # noqa: E402
 
@@ -233,7 +234,7 @@ def main() -> int:
           f"released = golden seeded weights with MiDaS, lite = default weights at full size; "
           f"T/R vs float32 = relative L2 distance from the float32 outputs on {EXAMPLE.name}\n" + table(report["timings"]))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_text(args.json, json.dumps(report, indent=2, default=str))
     failed = not args.skip_tests and report["parity"]["returncode"] != 0
     errors = [row[key] for row in report["timings"] + report["kernel"]["rows"]
               for key in ("t_error", "r_error", "relative_error") if key in row]

@@ -48,19 +48,17 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start_app(checkpoints: dict, tmp_path_factory, config) -> SimpleNamespace:
-    """Starts `python app.py` once per session; returns its url and private temp folder."""
-    if _SERVER:
-        return _SERVER["app"]
-    home = tmp_path_factory.mktemp("app_server")
+def launch_app(checkpoints: dict, home: Path, config, *options: str) -> SimpleNamespace:
+    """Starts `python app.py OPTIONS` with its temp folder in `home` (stopped at the end of the
+    session); returns its url, home, run store and process."""
     port = _free_port()
     env = {**os.environ, "TMPDIR": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost"}
     env.pop("GRADIO_EXAMPLES_CACHE", None)
+    env.pop("GRADIO_TEMP_DIR", None)
     log = open(home / "server.log", "w")
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-               "--model", str(checkpoints["model"]), "--memory", str(checkpoints["memory"]),
-               "--depth", str(checkpoints["depth"]), "--device", "cpu", "--max-queue", str(SERVER_QUEUE)]
+               *(f"--{role}={path}" for role, path in checkpoints.items()), "--device", "cpu", *options]
     process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop() -> None:
@@ -78,7 +76,14 @@ def start_app(checkpoints: dict, tmp_path_factory, config) -> SimpleNamespace:
         if process.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"app.py did not start:\n{(home / 'server.log').read_text()[-3000:]}")
         time.sleep(1)
-    _SERVER["app"] = SimpleNamespace(url=url, home=home, runs=home / "dmdnet_runs", process=process)
+    return SimpleNamespace(url=url, home=home, runs=home / "dmdnet_runs", process=process)
+
+
+def start_app(checkpoints: dict, tmp_path_factory, config) -> SimpleNamespace:
+    """Starts the session's shared `python app.py` once; returns its url and private temp folder."""
+    if not _SERVER:
+        _SERVER["app"] = launch_app(checkpoints, tmp_path_factory.mktemp("app_server"), config,
+                                    "--max-queue", str(SERVER_QUEUE))
     return _SERVER["app"]
 
 
@@ -169,6 +174,8 @@ def test_uploaded_file_refusals(images, monkeypatch):
         app.uploaded_file({"path": str(images["rgb"].parent / ".." / "elsewhere.png")})
     with pytest.raises(app.gr.Error, match="50 MP"):
         app.uploaded_file({"path": str(images["huge"]), "orig_name": "huge.png"})
+    with pytest.raises(app.gr.Error, match="gone.png is no longer on the server .* please upload it again"):
+        app.uploaded_file({"path": str(images["rgb"].parent / "evicted.png"), "orig_name": "gone.png"})
     assert app.uploaded_file({"path": str(images["rgb"]), "orig_name": "a b.png"})[1] == "a b.png"
 
 
@@ -277,9 +284,16 @@ def test_a_path_on_the_server_is_refused_with_a_message(server, images):
     assert event == "error" and "has to be uploaded" in data["error"]
     event, data = _raw_call(server.url, {"path": server_side, "meta": {"_type": "gradio.FileData"}})
     assert event == "error" and "not uploaded by a user" in data["error"]
-    event, data = _raw_call(server.url, server_side)
-    assert event == "error" and "valid dictionary" in data["error"]
     assert _answers(server.url)
+
+
+@pytest.mark.parametrize("value, shown", [("photo.jpg", "'photo.jpg'"), (3, "3")])
+def test_a_plain_value_in_place_of_a_file_gets_the_apps_message(server, value, shown):
+    """It used to get pydantic's text ("1 validation error for ImageData ... errors.pydantic.dev")."""
+    event, data = _raw_call(server.url, value)
+    assert event == "error" and data["title"] == "Not a file", data
+    assert data["error"] == (f"The image has to be an uploaded file, not the value {shown}: with gradio_client, "
+                             "pass handle_file(\"photo.jpg\").")
 
 
 def test_a_full_queue_answers_queue_error_and_the_rest_complete(client, images, server):

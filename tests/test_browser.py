@@ -172,6 +172,7 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, tmp_path
     toast = page.locator(".toast-body", has_text="not an image this demo can read")
     toast.wait_for(timeout=VIEW_TIMEOUT_MS)
     assert "Traceback" not in toast.inner_text()
+    assert toast.locator(".toast-title").inner_text().strip() == "DMDNet"  # Gradio's own title is "Error"
     _screenshot(page, tmp_path, "6_bad_upload")
     _open_tab(page, "Depth & scan order")
     page.locator("#level input[type=range]").fill("2")

@@ -1,6 +1,7 @@
 """`python -m dmdnet separate`, `evaluate` and `average` end to end in a subprocess."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,13 +92,23 @@ def test_one_folder_with_clashing_names_and_an_animation(tmp_path, lite_checkpoi
     (["{tmp}", "--out", "{tmp}/o", "--device", "no-such-device"], "--device no-such-device cannot be used"),
 ])
 def test_bad_arguments_are_one_line_before_any_weights_load(tmp_path, capsys, arguments, message):
-    """--model names a missing file: a check that ran after the weights would report that instead."""
+    """--model names a missing file too: both problems are in the one line, and no weights load."""
     photo(tmp_path / "x.png", 0)
     arguments = [a.format(tmp=tmp_path) for a in arguments] + ["--model", str(tmp_path / "missing.pt")]
     assert main(["separate", *arguments]) == 2
     printed = capsys.readouterr()
     assert printed.err.startswith("error: ") and message.format(tmp=tmp_path) in printed.err
-    assert printed.err.count("\n") == 1 and "missing.pt" not in printed.err and not printed.out
+    assert f"DMDNet model file not found: {tmp_path / 'missing.pt'}" in printed.err
+    assert printed.err.count("\n") == 1 and not printed.out
+
+
+def test_a_missing_input_and_a_bad_device_are_reported_together(tmp_path, capsys):
+    """Both used to take a run each to find: the device was reported alone."""
+    assert main(["separate", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"),
+                 "--device", "no-such-device"]) == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"error: not found: {tmp_path / 'nope.jpg'}; --device no-such-device cannot be used")
+    assert printed.count("\n") == 1 and not (tmp_path / "o").exists()  # nothing made for a command that never ran
 
 
 def test_argparse_errors_are_one_line(tmp_path):
@@ -165,7 +176,9 @@ def test_evaluate_reads_every_benchmark_layout(tmp_path, lite_checkpoints):
         "sir2_like", "locationaware_like", "ceilnet_like")), "--out", str(out),
         "--model", str(lite_checkpoints["model"]), "--memory", str(lite_checkpoints["memory"]), "--device", "cpu"]
     run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stderr  # blended images without ground truth are named, not errors
+    assert "not scored (no transmission_layer/ image): locationaware_like/000004, locationaware_like/000005" \
+        in run.stderr
     import csv
     with open(out / "summary.csv") as handle:
         counts = {(row["dataset"], row["method"], row["layer"]): int(row["images"]) for row in csv.DictReader(handle)}
@@ -193,3 +206,49 @@ def test_evaluate_defaults_to_the_benchmark_sets():
         if folder.is_dir():
             scored = [p for p in dataset_pairs(folder) if p.transmission is not None]
             assert len(scored) == expected[folder.name], folder
+
+
+def test_a_fifo_among_the_inputs_is_reported_and_never_opened(tmp_path, lite_checkpoints):
+    """Opening the FIFO would wait for a writer forever (the command used to hang here)."""
+    photo(tmp_path / "in" / "a.png", 0)
+    os.mkfifo(tmp_path / "in" / "x.png")
+    command = [sys.executable, "-m", "dmdnet", "separate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+               "--model", str(lite_checkpoints["model"]), "--memory", str(lite_checkpoints["memory"]),
+               "--device", "cpu"]
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert f"skipped {tmp_path / 'in' / 'x.png'}: x.png is a FIFO, not an image file (not opened)" in run.stderr
+    assert "wrote 1 of 2 images" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_evaluate_scores_every_readable_pair_and_names_the_others(tmp_path, lite_checkpoints):
+    """One bad pair used to cost the whole run: an IndexError, an InvalidImageError or a ValueError
+    traceback and no tables, or a pair left out without a word."""
+    mixed = tmp_path / "mixed"
+    _write_pairs(mixed, ["a", "b", "c", "d", "e"], ".png", ["transmission_layer"])
+    (mixed / "blended" / "b.png").write_bytes((mixed / "blended" / "b.png").read_bytes()[:200])
+    (mixed / "transmission_layer" / "c.png").unlink()
+    Image.new("RGB", (20, 10)).save(mixed / "transmission_layer" / "d.png")
+    (mixed / "transmission_layer" / "e.png").unlink()
+    os.mkfifo(mixed / "transmission_layer" / "e.png")
+    _write_pairs(tmp_path / "only_blended", ["x"], ".png", [])
+    out = tmp_path / "scores"
+    command = [sys.executable, "-m", "dmdnet", "evaluate", str(mixed), str(tmp_path / "only_blended"),
+               "--out", str(out), "--model", str(lite_checkpoints["model"]),
+               "--memory", str(lite_checkpoints["memory"]), "--device", "cpu"]
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    reasons = {"mixed/b": "b.png is not a readable image", "mixed/d": "transmission_layer/d.png is 20x10, "
+               "blended/d.png 54x40", "mixed/e": "e.png is a FIFO, not an image file (not opened)"}
+    for pair, reason in reasons.items():
+        assert f"skipped {pair}: {reason}" in run.stderr
+    assert "not scored (no transmission_layer/ image): mixed/c, only_blended/x" in run.stderr
+    assert f"{tmp_path / 'only_blended'}: no pair could be scored" in run.stderr
+    assert "error: 4 problems, listed above" in run.stderr
+    import csv
+    with open(out / "summary.csv") as handle:
+        counts = {(row["dataset"], row["method"], row["layer"]): int(row["images"]) for row in csv.DictReader(handle)}
+    assert counts == {("mixed", "model", "T"): 1, ("mixed", "identity", "T"): 1}
+    with open(out / "skipped.csv") as handle:
+        assert {f"{row['dataset']}/{row['image']}" for row in csv.DictReader(handle)} == {
+            *reasons, "mixed/c", "only_blended/x"}

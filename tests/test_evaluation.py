@@ -119,7 +119,10 @@ def test_dataset_evaluation_and_tables(tmp_path):
     assert [(p.name, p.transmission is not None, p.reflection is not None) for p in pairs] == [
         ("a", True, True), ("b", False, False)]
     perfect = {"a": (t.astype(float), r.astype(float))}
-    rows = evaluate_dataset(tmp_path / "set", lambda path: perfect.get(path.stem, (t * 1.0, r * 1.0)))
+    scores = evaluate_dataset(tmp_path / "set", lambda path: perfect.get(path.stem, (t * 1.0, r * 1.0)))
+    assert scores.without_truth == [{"dataset": "set", "image": "b", "reason": "no transmission_layer/ image"}]
+    assert scores.skipped == []
+    rows = scores.rows
     by_key = {(row["method"], row["layer"]): row for row in rows}
     assert set(by_key) == {("model", "T"), ("model", "R"), ("identity", "T")}
     assert by_key[("model", "T")]["psnr"] == math.inf

@@ -169,6 +169,18 @@ def test_bad_files_are_refused(tmp_path):
         to_tensor(tmp_path / "cut.png")
     with pytest.raises(InvalidImageError, match="not found"):
         to_tensor(tmp_path / "missing.jpg")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(InvalidImageError, match="folder.png is a folder, not an image file"):
+        to_tensor(tmp_path / "folder.png")
+
+
+def test_a_float_tiff_holding_nan_is_refused_by_its_name(tmp_path):
+    """The message used to say "the image array holds NaN", naming no file."""
+    data = np.full((6, 5), 0.5, np.float32)
+    data[2, 3] = np.nan
+    Image.fromarray(data, mode="F").save(tmp_path / "scan.tif")
+    with pytest.raises(InvalidImageError, match=r"^scan\.tif: the image array holds NaN or infinite values$"):
+        to_tensor(tmp_path / "scan.tif")
 
 
 def test_save_png_clamps(tmp_path):
