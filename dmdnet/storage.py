@@ -181,9 +181,15 @@ def holds_outputs(quota: StorageQuota, refuse: Callable[[str], Exception]) -> Ca
     return decorate
 
 
+UPLOAD_COPIES = 2
+"""Room a POST reserves, in multiples of its length: Gradio receives an upload into a temporary
+file and then copies it into its cache, so for a moment it is on disk twice (a reservation of
+one length let a burst overshoot a 6 MB bound by 0.74 MB)."""
+
+
 class QuotaMiddleware:
-    """ASGI middleware: a POST reserves its Content-Length (room made by deleting the oldest
-    entries) while it is received and handled; one without a length, or whose body cannot
+    """ASGI middleware: a POST reserves `UPLOAD_COPIES` times its Content-Length (room made by
+    deleting the oldest entries) while it is received and handled; one without a length, or whose body cannot
     fit, is answered before its body is read (411, 413 or 507, with a one-line JSON error)."""
 
     def __init__(self, app: Callable, quota: StorageQuota):
@@ -198,11 +204,12 @@ class QuotaMiddleware:
         length = dict(scope["headers"]).get(b"content-length", b"")
         if not length.isdigit():
             return await _answer(send, 411, "a POST needs a Content-Length header")
-        if int(length) > self.quota.max_bytes:
-            return await _answer(send, 413, f"the request is larger than the demo's "
-                                            f"{self.quota.max_bytes / MB:.0f} MB of storage")
+        if UPLOAD_COPIES * int(length) > self.quota.max_bytes:
+            return await _answer(send, 413, f"the request is too large for the demo's "
+                                            f"{self.quota.max_bytes / MB:.0f} MB of storage (an upload "
+                                            f"takes {UPLOAD_COPIES}x its size while it is stored)")
         try:
-            token = await anyio.to_thread.run_sync(self.quota.claim, int(length))
+            token = await anyio.to_thread.run_sync(self.quota.claim, UPLOAD_COPIES * int(length))
         except StorageFull as error:
             return await _answer(send, 507, f"{error}; please try again in a few minutes")
         try:

@@ -139,4 +139,4 @@ def test_a_burst_of_large_uploads_stays_within_the_bound(bounded_server, tmp_pat
     too_big = tmp_path / "big.bin"
     too_big.write_bytes(os.urandom((BOUND_MB + 1) * MB))
     response = upload(too_big)
-    assert response.status_code == 413 and "larger than the demo's 6 MB of storage" in response.json()["error"]
+    assert response.status_code == 413 and "too large for the demo's 6 MB of storage" in response.json()["error"]
