@@ -313,14 +313,17 @@ def _train(args: argparse.Namespace) -> int:
     from .synthesis import SynthesisSettings
     from .training import Trainer, TrainSettings
 
+    real_l1_t, real_l1_r, real_gradient = args.real_loss
+    loss = LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
+                       perceptual=args.perceptual, real_perceptual=args.real_perceptual,
+                       real_matched=args.real_matching == "gain-offset")
+
     def check_vgg() -> None:
-        perceptual = args.perceptual > 0 or (args.real and args.real_perceptual > 0)
-        if perceptual and not Path(args.vgg).is_file():
+        if loss.uses_perceptual(bool(args.real) and args.real_fraction > 0) and not Path(args.vgg).is_file():
             raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
                              "--perceptual 0 --real-perceptual 0 trains without it)")
 
     check_all(lambda: resolve_device(args.device), lambda: check_fraction(args.real_fraction), check_vgg)
-    real_l1_t, real_l1_r, real_gradient = args.real_loss
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -332,10 +335,7 @@ def _train(args: argparse.Namespace) -> int:
                                     blur_sigma=tuple(args.reflection_blur),
                                     model_probabilities=mix_probabilities(args.mix)),
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
-        loss=LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
-                         perceptual=args.perceptual, real_perceptual=args.real_perceptual,
-                         real_matched=args.real_matching == "gain-offset"),
-        imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg),
+        loss=loss, imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     try:

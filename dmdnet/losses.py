@@ -182,6 +182,10 @@ class LossWeights:
     """Score a real pair's T after mapping it onto its ground truth by the per-channel
     least-squares gain and offset (`dmdnet.photometry.match_photometry`, differentiable)."""
 
+    def uses_perceptual(self, with_real_pairs: bool) -> bool:
+        """Whether training with these weights needs the VGG19 network."""
+        return self.perceptual > 0 or (with_real_pairs and self.real_perceptual > 0)
+
 
 def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_target: torch.Tensor,
                     observer: TrainingObserver, weights: LossWeights = LossWeights(),

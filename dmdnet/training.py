@@ -128,39 +128,41 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
 
 @torch.no_grad()
 def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, ...], device) -> dict:
-    """Transmission PSNR of the model and of the identity baseline on fixed synthetic pairs
-    (the caller switches the models to eval mode and back)."""
+    """Mean `pair_scores` on fixed synthetic pairs (the caller switches the models to eval mode
+    and back)."""
     inputs, t_targets, _ = pairs
     outputs = []
     for image in inputs.split(4):
         image = image.to(device)
         outputs.append(model(image, depth_model(image))[0].cpu())
-    return transmission_scores(list(zip(torch.cat(outputs).split(1), inputs.split(1), t_targets.split(1))))
+    return mean_scores([pair_scores(*triple) for triple in zip(torch.cat(outputs).split(1), inputs.split(1),
+                                                               t_targets.split(1))])
 
 
-def transmission_scores(triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict:
-    """Mean PSNR and photometry-invariant PSNR (`dmdnet.evaluation.invariant_psnr`) of the
-    predicted T and of the identity, over (prediction, input, target) triples of (1, 3, H, W)."""
-    totals = dict.fromkeys(("psnr_t", "psnr_identity", "psnr_inv_t", "psnr_inv_identity"), 0.0)
-    for prediction, image, target in triples:
-        truth = to_255(target)
-        totals["psnr_t"] += batch_psnr(prediction, target)
-        totals["psnr_identity"] += batch_psnr(image, target)
-        totals["psnr_inv_t"] += invariant_psnr(to_255(prediction), truth)
-        totals["psnr_inv_identity"] += invariant_psnr(to_255(image), truth)
-    return {name: total / len(triples) for name, total in totals.items()}
+def pair_scores(prediction: torch.Tensor, image: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """PSNR and photometry-invariant PSNR (`dmdnet.evaluation.invariant_psnr`) of a predicted T
+    and of the identity, for (1, 3, H, W) prediction, input and target."""
+    truth = to_255(target)
+    return {"psnr_t": batch_psnr(prediction, target), "psnr_identity": batch_psnr(image, target),
+            "psnr_inv_t": invariant_psnr(to_255(prediction), truth),
+            "psnr_inv_identity": invariant_psnr(to_255(image), truth)}
+
+
+def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Each score's mean over a list of `pair_scores`."""
+    return {name: sum(score[name] for score in scores) / len(scores) for name in scores[0]}
 
 
 def validate_real(model: DMDNet, depth_model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
                   device, trained_short_side: int) -> dict:
-    """Transmission scores (`transmission_scores`) on the real validation pairs at their full
-    size, and the model's invariant PSNR per pair. The model runs as `Pipeline` runs photos (at
-    the trained scale, the full-size T composed from it), so scores compare across scales."""
+    """Mean `pair_scores` on the real validation pairs at their full size, and the model's
+    invariant PSNR per pair. The model runs as `Pipeline` runs photos (at the trained scale, the
+    full-size T composed from it), so scores compare across scales."""
     pipeline = Pipeline(model, depth_model, device, max_short_side=trained_short_side)
-    outputs = {name: pipeline.separate(image).transmission.cpu() for name, image, _ in pairs}
-    per_pair = {name: round(invariant_psnr(to_255(outputs[name]), to_255(target)), 3) for name, _, target in pairs}
-    return {**transmission_scores([(outputs[name], image, target) for name, image, target in pairs]),
-            "per_pair_inv": per_pair}
+    scores = {name: pair_scores(pipeline.separate(image).transmission.cpu(), image, target)
+              for name, image, target in pairs}
+    return {**mean_scores(list(scores.values())),
+            "per_pair_inv": {name: round(score["psnr_inv_t"], 3) for name, score in scores.items()}}
 
 
 def invariant_gain(scores: dict) -> float:
@@ -217,9 +219,8 @@ class Trainer:
                                              self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
         self.real_validation = validation_images(held_out)
-        weights = settings.loss
-        self.vgg = (VGGFeatures(settings.vgg).to(self.device) if weights.perceptual > 0
-                    or (self.real_sampler and weights.real_perceptual > 0) else None)
+        self.vgg = (VGGFeatures(settings.vgg).to(self.device)
+                    if settings.loss.uses_perceptual(self.real_sampler is not None) else None)
 
     def _check_same_start(self) -> None:
         """Every rank must have resumed from the same step (one `out` that all of them read)."""
@@ -309,8 +310,9 @@ class Trainer:
                                                       self.device, short_side_range(self.settings.patch)[1])
         self._train_mode()
         key = selection_key(scores)
-        if key is not None and (self.best is None or key > tuple(self.best.get("key", ()))):
-            self.best = {"step": self.step, "key": list(key), "invariant_gain": key[0], "psnr_t": key[1]}
+        best = () if self.best is None else (self.best.get("invariant_gain", -math.inf), self.best["psnr_t"])
+        if key is not None and key > best:
+            self.best = {"step": self.step, "invariant_gain": key[0], "psnr_t": key[1]}
             self.save_weights(self.out / BEST_FOLDER)
         return scores
 
