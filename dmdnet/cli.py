@@ -316,7 +316,8 @@ def _train(args: argparse.Namespace) -> int:
     real_l1_t, real_l1_r, real_gradient = args.real_loss
     loss = LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
                        perceptual=args.perceptual, real_perceptual=args.real_perceptual,
-                       real_matched=args.real_matching == "gain-offset")
+                       real_matched=args.real_matching == "gain-offset",
+                       matched=args.synthetic_matching == "gain-offset", absolute_l1_t=args.absolute_l1)
 
     def check_vgg() -> None:
         if loss.uses_perceptual(bool(args.real) and args.real_fraction > 0) and not Path(args.vgg).is_file():
@@ -442,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score real pairs' T after mapping it onto the ground truth by its per-channel "
                             "least-squares gain and offset, so that they teach structure, not the capture's "
                             "brightness and colour (default), or as it is")
+    train.add_argument("--synthetic-matching", choices=["gain-offset", "none"], default="none",
+                       help="score synthetic pairs' T after the same gain/offset match, so that their layer "
+                            "losses teach the reflection's structure (with --absolute-l1 for the photometry)")
+    train.add_argument("--absolute-l1", type=float, default=LossWeights.absolute_l1_t,
+                       help="weight of an L1 on the unmatched T of synthetic pairs, which teaches the absolute "
+                            "brightness and colour when --synthetic-matching matches them away")
     train.add_argument("--perceptual", type=float, default=LossWeights.perceptual,
                        help="weight of the VGG19 perceptual term on synthetic pairs")
     train.add_argument("--real-perceptual", type=float, default=LossWeights.real_perceptual,

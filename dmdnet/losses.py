@@ -9,6 +9,9 @@ least-squares gain and offset (`dmdnet.photometry`): the two shots differ as a w
 brightness and colour (the glass dims and tints, exposures differ), which no network can know
 from the photo and which otherwise dominates the gradient. Matched, only the reflection's
 structure is left to learn; the synthetic pairs keep teaching the absolute photometry.
+Synthetic pairs can be matched too (`LossWeights.matched`), with a separate, lighter L1 on the
+unmatched T (`absolute_l1_t`) teaching the absolute photometry, so that it no longer dominates
+the gradient of their layer losses.
 """
 from __future__ import annotations
 
@@ -168,6 +171,10 @@ class LossWeights:
     l1_r: float = 1.0
     gradient: float = 0.5
     perceptual: float = 0.0
+    matched: bool = False
+    """Score a synthetic pair's T after the per-channel gain/offset match as well (see `real_matched`)."""
+    absolute_l1_t: float = 0.0
+    """L1 of the unmatched T on synthetic pairs: the absolute photometry, when `matched` leaves it out."""
     balance_t: float = 0.008
     balance_r: float = 0.008
     align_t: float = 0.1
@@ -178,6 +185,7 @@ class LossWeights:
     real_l1_r: float = 0.0
     real_gradient: float = 0.5
     real_perceptual: float = 0.1
+    real_absolute_l1_t: float = 0.0
     real_matched: bool = True
     """Score a real pair's T after mapping it onto its ground truth by the per-channel
     least-squares gain and offset (`dmdnet.photometry.match_photometry`, differentiable)."""
@@ -196,10 +204,14 @@ def separation_loss(t: torch.Tensor, r: torch.Tensor, t_target: torch.Tensor, r_
     also logged on their own (`real_l1_t`, ...). The perceptual term needs `vgg` and is
     computed only on the samples whose weight for it is not zero."""
     real = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device) if real is None else real.to(t.device)
-    if weights.real_matched and real.any():
-        t = torch.where(real[:, None, None, None], match_photometry(t, t_target), t)
+    matched = torch.where(real, weights.real_matched, weights.matched)
+    absolute_t = t
+    if matched.any():
+        t = torch.where(matched[:, None, None, None], match_photometry(t, t_target), t)
     layer_terms = {"l1_t": l1_per_sample(t, t_target), "l1_r": l1_per_sample(r, r_target),
                    "gradient": gradient_loss(t, t_target)}
+    if weights.absolute_l1_t or weights.real_absolute_l1_t:
+        layer_terms["absolute_l1_t"] = l1_per_sample(absolute_t, t_target)
     perceptual_samples = torch.where(real, weights.real_perceptual, weights.perceptual) > 0
     if vgg is not None and perceptual_samples.any():
         per_sample = t.new_zeros(t.shape[0])

@@ -84,8 +84,9 @@ def test_a_few_steps_with_real_pairs_lower_their_loss(tmp_path):
 
 def test_matched_real_loss_ignores_a_per_channel_gain_and_offset():
     """A real pair's T that is its ground truth under any per-channel gain and offset costs
-    nothing (L1, gradient and perceptual); a synthetic pair's still does, the unmatched loss
-    still does, and structure errors still count."""
+    nothing (L1, gradient and perceptual); a synthetic pair's still does unless it is matched too
+    (then only its absolute L1 sees the tint), the unmatched loss still does, and structure
+    errors still count."""
     from dmdnet.losses import LossWeights, TrainingObserver, separation_loss
     from dmdnet.perceptual import DEFAULT_VGG_FILE, VGGFeatures
 
@@ -108,6 +109,10 @@ def test_matched_real_loss_ignores_a_per_channel_gain_and_offset():
     for name in ("real_l1_t", "real_gradient", "real_perceptual"):
         assert matched[name] < 1e-4, (name, matched[name])
     assert matched["synthetic_l1_t"] == pytest.approx(plain["synthetic_l1_t"])
+    _, both = separation_loss(tinted, zeros, target, zeros, NoMemory(),
+                              LossWeights(matched=True, absolute_l1_t=0.2), real, vgg)
+    assert both["synthetic_l1_t"] < 1e-4 and both["synthetic_gradient"] < 1e-4
+    assert both["synthetic_absolute_l1_t"] == pytest.approx(plain["synthetic_l1_t"])
     shuffled = tinted[:, :, torch.randperm(32, generator=generator)]
     _, wrong = separation_loss(shuffled, zeros, target, zeros, NoMemory(), LossWeights(), real, vgg)
     assert wrong["real_l1_t"] > 0.05 and wrong["real_perceptual"] > 0.05
