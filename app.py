@@ -7,8 +7,8 @@
 
 On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
 
-A thin Gradio front end: `dmdnet` separates, `dmdnet.viz` draws every figure. Each run
-writes its layers, figures and diagnostics to a run folder (`dmdnet.runs`); the session keeps the run's
+A thin Gradio front end: `dmdnet` separates, `dmdnet.demo` draws every figure. Each run
+writes its layers, figures and diagnostics to a run folder (`dmdnet.demo.runs`); the session keeps the run's
 id in `gr.State`, so the level/stream/expert views are redrawn from the saved
 diagnostics without running the network again. A lazily cached example carries the same
 id in its cached summary, so it behaves like a fresh run.
@@ -43,12 +43,14 @@ from pydantic import ConfigDict
 from starlette.middleware import Middleware
 
 import dmdnet
-from dmdnet import viz
 from dmdnet.cli import add_weight_options, positive_int
+from dmdnet.demo import figures
+from dmdnet.demo.runs import Run, RunNotFound, RunStore
+from dmdnet.demo.storage import MB, QuotaMiddleware, StorageFull, StorageQuota, holds_outputs
+from dmdnet.demo.views import ScanView
+from dmdnet.devices import resolve_device
 from dmdnet.images import frame_count, image_files
-from dmdnet.pipeline import DEFAULT_MAX_PIXELS, resolve_device, working_size
-from dmdnet.runs import Run, RunNotFound, RunStore
-from dmdnet.storage import MB, QuotaMiddleware, StorageFull, StorageQuota, holds_outputs
+from dmdnet.pipeline import DEFAULT_MAX_PIXELS, working_size
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_DISK_MB = 4096
@@ -199,11 +201,11 @@ def load_run(run_id: object) -> Run:
 # Views redrawn from a run (no network)
 
 
-def _site(view: viz.ScanView) -> str:
+def _site(view: ScanView) -> str:
     return f"{view.branch}:{view.block}"
 
 
-def _site_label(view: viz.ScanView) -> str:
+def _site_label(view: ScanView) -> str:
     if view.branch == "main":
         return f"main decoder · block {view.block + 1}"
     return f"depth branch for {view.branch[-1]} · block {view.block + 1}"
@@ -224,7 +226,7 @@ def show_layers(run_id: str, alpha: float) -> tuple:
         line += f" Scene brightness ×{info['transmission_gain']:.2f} (the weights' global gain)."
     return ((run.file("input_preview"), run.file("transmission_preview")),
             (run.file("input_preview"), run.file("reflection_preview")),
-            viz.remix(*run.layers, alpha), line)
+            figures.remix(*run.layers, alpha), line)
 
 
 @copied_by_gradio
@@ -232,7 +234,7 @@ def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
     """The transmission plus `alpha` times the reflection."""
     if not run_id:
         return gr.skip()
-    return viz.remix(*load_run(run_id).layers, alpha)
+    return figures.remix(*load_run(run_id).layers, alpha)
 
 
 @copied_by_gradio
@@ -251,7 +253,7 @@ def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
     animation = run.scan_animation(view)
     choices = [(_site_label(v), _site(v)) for v in views]
     return (gr.update(value=level), gr.update(choices=choices, value=_site(view)),
-            viz.scan_figure(view, run.processed_size), str(animation))
+            figures.scan_figure(view, run.processed_size), str(animation))
 
 
 @copied_by_gradio
@@ -265,7 +267,7 @@ def show_experts(run_id: str | None, call: int | None) -> tuple:
             (run.experts[i].branch, run.experts[i].stream) != ("main", "T"), run.experts[i].level))
     choices = [(view.label, index) for index, view in enumerate(run.experts)]
     return (gr.update(choices=choices, value=call),
-            viz.expert_figure(run.experts[call], run.processed_size))
+            figures.expert_figure(run.experts[call], run.processed_size))
 
 
 def show_run(summary: dict | None, alpha: float, level: int, stream: str, site: str,
@@ -355,6 +357,7 @@ CSS = """
 .gradio-container { max-width: 1400px !important; margin: auto; }
 #header h1 { margin-bottom: 0.2em; }
 #weights { opacity: 0.8; font-size: 0.9em; }
+.figure .image-container { padding-top: 36px; box-sizing: border-box; }  /* below the label and buttons */
 """
 
 
@@ -373,7 +376,7 @@ def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
                   "the weights were trained at; the layers come back at full size")
     weights_line = (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
                     f"({str(pipe.dtype).removeprefix('torch.')}){scale}")
-    figure = functools.partial(gr.Image, interactive=False, format="png")
+    figure = functools.partial(gr.Image, interactive=False, format="png", elem_classes="figure")
     with gr.Blocks(title="DMDNet reflection separation", delete_cache=(3600, RUNS.lifetime_s)) as demo:
         gr.Markdown(HEADER, elem_id="header")
         gr.Markdown(weights_line, elem_id="weights")

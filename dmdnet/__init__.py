@@ -5,10 +5,10 @@
     result = pipe.separate("photo.jpg")      # result.transmission, result.reflection, result.depth
 """
 from .checkpoints import CheckpointError
-from .config import DMDNetConfig
-from .diagnostics import Diagnostics
 from .images import InvalidImageError
-from .model import DMDNet
+from .network.config import DMDNetConfig
+from .network.diagnostics import Diagnostics
+from .network.model import DMDNet
 from .pipeline import Pipeline, SeparationResult, load_pipeline
 
 __all__ = [

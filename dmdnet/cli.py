@@ -1,7 +1,7 @@
 """Command line: `python -m dmdnet separate PATH... --out DIR`.
 
 `train`, `separate` and `evaluate` also run under `torchrun --nproc_per_node N -m dmdnet ...`:
-the processes split the work (`dmdnet.distributed`) and rank 0 alone prints and writes
+the processes split the work (`dmdnet.training.distributed`) and rank 0 alone prints and writes
 the results."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from .datasets import BENCHMARK_SETS, LAYER_FOLDERS
 from .files import Stopped, stop_on_signals, uninterrupted
 from .images import image_files
 
-LAYER_FOLDERS = ("transmission_layer", "reflection_layer")
 T = TypeVar("T")
 
 
@@ -146,15 +146,11 @@ def prepare_output(out: Path) -> None:
             raise UsageError(f"--out {out}: {folder} is not writable")
 
 
-BENCHMARK_SETS = tuple(f"../shared/data/{name}" for name in (
-    "real/sir2_solid", "real/sir2_wild", "real/locationaware_sirr", "synthetic/ceilnet_table2"))
-"""What `evaluate` scores by default: SIR^2 Solid and Wild (the field's real benchmark), the
-real Location-aware SIRR test pairs and CEILNet's synthetic test set."""
 
 
 def add_weight_options(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
     """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
-    from .precision import CLI_DTYPES
+    from .network.precision import CLI_DTYPES
 
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
     parser.add_argument("--memory", help="memory bank file (memory_banks_latest.pt)")
@@ -174,9 +170,10 @@ def _separate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
-    from .distributed import Ranks
+    from .devices import resolve_device
     from .images import InvalidImageError, frame_count, save_png
-    from .pipeline import find_weights, resolve_device
+    from .pipeline import find_weights
+    from .training.distributed import Ranks
 
     out = Path(args.out)
     images, device, *_ = check_all(lambda: collect_images(args.paths), lambda: resolve_device(args.device),
@@ -228,7 +225,7 @@ def _separate(args: argparse.Namespace) -> int:
 def check_dataset(name: str) -> int:
     """The number of pairs in the dataset folder `name`; raises UsageError unless it has
     images in blended/."""
-    from .evaluation import dataset_pairs
+    from .datasets import dataset_pairs
 
     if not (Path(name) / "blended").is_dir():
         raise UsageError(f"not a dataset folder (no blended/ inside): {name}")
@@ -243,9 +240,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
-    from .distributed import Ranks
-    from .evaluation import dataset_pairs, evaluate_dataset, to_255, write_tables
-    from .pipeline import find_weights, resolve_device
+    from .datasets import dataset_pairs
+    from .devices import resolve_device
+    from .evaluation import evaluate_dataset, to_255, write_tables
+    from .pipeline import find_weights
+    from .training.distributed import Ranks
 
     device, _, *counts = check_all(lambda: resolve_device(args.device),
                                    lambda: find_weights(args.model, args.memory, args.depth, args.hub_repo),
@@ -297,7 +296,7 @@ def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
     """`--mix` weights -> probabilities summing to 1."""
     total = sum(weights)
     if min(weights) < 0 or total <= 0:
-        raise SystemExit("--mix needs non-negative weights with a positive sum")
+        raise UsageError("--mix needs non-negative weights with a positive sum")
     return tuple(w / total for w in weights)
 
 
@@ -308,10 +307,10 @@ def check_fraction(value: float) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
-    from .losses import LossWeights
-    from .pipeline import resolve_device
-    from .synthesis import SynthesisSettings
-    from .training import Trainer, TrainSettings
+    from .devices import resolve_device
+    from .training.losses import LossWeights
+    from .training.synthesis import SynthesisSettings
+    from .training.trainer import Trainer, TrainSettings
 
     real_l1_t, real_l1_r, real_gradient = args.real_loss
     loss = LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
@@ -354,16 +353,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _average(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError, average_checkpoints
-    from .training import MEMORY_NAME, MODEL_NAME
+    from .checkpoints import CheckpointError
+    from .training.averaging import average_checkpoints
+    from .weights import MEMORY_NAME, MODEL_NAME
 
     runs, out = [Path(run) for run in args.runs], Path(args.out)
     try:
         average_checkpoints([run / MODEL_NAME for run in runs], [run / MEMORY_NAME for run in runs],
                             out / MODEL_NAME, out / MEMORY_NAME)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     print(f"average of {len(runs)} runs written to {out}/")
     return 0
 
@@ -371,9 +370,9 @@ def _average(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .calibration import calibrate_files
     from .checkpoints import CheckpointError
-    from .training import MEMORY_NAME
+    from .training.calibration import calibrate_files
+    from .weights import MEMORY_NAME
 
     model = Path(args.model)
     memory = Path(args.memory) if args.memory else model.with_name(MEMORY_NAME)
@@ -384,8 +383,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         result = calibrate_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.crops,
                                  progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image"))
     except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     print(f"validation T-PSNR: identity {result.validation_identity:.2f} dB, "
           f"gain 1 {result.validation_before:.2f} dB")
     for ridge, score in result.validation_psnr.items():
@@ -395,11 +393,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .imagenet_prior import PACKAGE as IMAGENET_PACKAGE
-    from .losses import LossWeights
-    from .perceptual import DEFAULT_VGG_FILE
+    from .network.imagenet_prior import PACKAGE as IMAGENET_PACKAGE
     from .pipeline import DEFAULT_MAX_PIXELS
-    from .synthesis import SynthesisSettings
+    from .training.losses import LossWeights
+    from .training.synthesis import SynthesisSettings
+    from .training.trainer import DEFAULT_DATA, DEFAULT_VALIDATION, PRESETS, TrainSettings
+    from .weights import VGG_FILE
 
     parser = OneLineParser(prog="dmdnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -421,19 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_weight_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
-    natural = "../shared/data/natural"
     train = commands.add_parser("train", help="train on synthetic pairs (resumes from --out)")
     train.add_argument("--out", required=True, help="checkpoint folder (model_latest.pt, memory_banks_latest.pt)")
-    train.add_argument("--data", nargs="+", default=[f"{natural}/{name}" for name in (
-                           "bsds500/train", "bsds500/val", "sun_hays80", "urban100", "imagenet1000")],
+    train.add_argument("--data", nargs="+", default=[str(path) for path in DEFAULT_DATA],
                        help="folders of natural photos to synthesise pairs from")
-    train.add_argument("--validation", default=f"{natural}/bsds500/test",
+    train.add_argument("--validation", default=str(DEFAULT_VALIDATION),
                        help="folder of photos for fixed synthetic validation pairs")
     train.add_argument("--real", nargs="*", default=[],
                        help="folders of real pairs (blended/, transmission_layer/), e.g. "
-                            "../shared/data/real_train/zhang_real82; dmdnet.real_pairs.VALIDATION_PAIRS "
+                            "../shared/data/real_train/zhang_real82; dmdnet.training.real_pairs.VALIDATION_PAIRS "
                             "are held out to score checkpoints (best/ keeps the best)")
-    train.add_argument("--real-fraction", type=float, default=0.5,
+    train.add_argument("--real-fraction", type=float, default=TrainSettings.real_fraction,
                        help="share of each batch drawn from the real pairs")
     train.add_argument("--real-loss", type=float, nargs=3, metavar=("L1_T", "L1_R", "GRADIENT"),
                        default=(LossWeights.real_l1_t, LossWeights.real_l1_r, LossWeights.real_gradient),
@@ -453,17 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the VGG19 perceptual term on synthetic pairs")
     train.add_argument("--real-perceptual", type=float, default=LossWeights.real_perceptual,
                        help="weight of the VGG19 perceptual term on real pairs")
-    train.add_argument("--vgg", default=str(DEFAULT_VGG_FILE),
+    train.add_argument("--vgg", default=str(VGG_FILE),
                        help="VGG19 weights up to relu3_1, for the perceptual term")
     train.add_argument("--imagenet-prior", action="store_true",
                        help="feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features and learn its "
                             f"proximity map on them (needs the {IMAGENET_PACKAGE} package)")
-    train.add_argument("--preset", choices=["lite", "released"], default="lite")
+    train.add_argument("--preset", choices=list(PRESETS), default=TrainSettings.preset)
     train.add_argument("--depth", help="MiDaS file, for the released preset")
     train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "
                                       "it); tensors whose names and shapes match are copied")
-    train.add_argument("--patch", type=int, default=128, help="training crop size (multiple of 32)")
-    train.add_argument("--batch", type=int, default=4)
+    train.add_argument("--patch", type=int, default=TrainSettings.patch, help="training crop size (multiple of 32)")
+    train.add_argument("--batch", type=int, default=TrainSettings.batch)
     train.add_argument("--strength", type=float, nargs=2, default=SynthesisSettings.strength,
                        metavar=("LOW", "HIGH"), help="range of the synthetic reflections' strength b")
     train.add_argument("--transmission-gain", type=float, nargs=2, default=SynthesisSettings.transmission_gain,
@@ -474,11 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mix", type=float, nargs=5, default=SynthesisSettings.model_probabilities,
                        metavar=("SCREEN", "ADDITIVE", "GHOSTING", "HIGHLIGHTS", "SHARP"),
                        help="relative frequencies of the image-formation models (normalised to sum to 1)")
-    train.add_argument("--steps", type=int, default=20000, help="total steps (the schedule's length)")
-    train.add_argument("--lr", type=float, default=4e-4)
+    train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
+    train.add_argument("--lr", type=float, default=TrainSettings.lr)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")
-    train.add_argument("--validate-every", type=int, default=250)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--validate-every", type=int, default=TrainSettings.validate_every)
+    train.add_argument("--seed", type=int, default=TrainSettings.seed)
     train.add_argument("--device")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train)
@@ -493,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", required=True, help="DMDNet-Lite model file (model_latest.pt)")
     calibrate.add_argument("--memory", help="memory bank file (default: memory_banks_latest.pt beside --model)")
     calibrate.add_argument("--real", nargs="+", default=["../shared/data/real_train/zhang_real82"],
-                           help="folders of real pairs; dmdnet.real_pairs.VALIDATION_PAIRS are held out "
+                           help="folders of real pairs; dmdnet.training.real_pairs.VALIDATION_PAIRS are held out "
                                 "and choose the ridge strength")
     calibrate.add_argument("--crops", type=int, default=3, help="random crops per pair added to the fit")
     calibrate.add_argument("--out", required=True, help="folder for the calibrated files")
@@ -504,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns its exit status: 0 done, 1 some inputs skipped, 2 a bad
     argument, 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped it."""
-    from .distributed import LaunchError, launched_by_torchrun, process_group
+    from .devices import DeviceError
+    from .training.distributed import LaunchError, launched_by_torchrun, process_group
 
     args = build_parser().parse_args(argv)
     args.progress = Progress()
@@ -522,6 +520,6 @@ def main(argv: list[str] | None = None) -> int:
             if ranks.is_main:
                 print(args.progress.stopped_line(), file=sys.stderr)
             return exit_code
-    except (UsageError, LaunchError) as error:
+    except (UsageError, LaunchError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ on images on a 0-255 scale:
   reflection structure removed.
 
 Outputs are clamped to [0, 1] and scaled by 255 without rounding, like their tensor2im.
-Folders use the common layout `blended/`, `transmission_layer/`, `reflection_layer/`.
+Folders use the common layout of `dmdnet.datasets`.
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .datasets import PairFiles, dataset_pairs
 from .files import atomic_path, write_text
-from .images import InvalidImageError, image_files, to_tensor
+from .images import InvalidImageError, to_tensor
 from .photometry import match_photometry
 
 DATA_RANGE = 255.0
@@ -99,29 +100,6 @@ def to_255(tensor) -> np.ndarray:
     return tensor[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0
 
 
-@dataclass
-class PairFiles:
-    name: str
-    blended: Path
-    transmission: Path | None
-    reflection: Path | None
-
-
-def dataset_pairs(folder: Path) -> list[PairFiles]:
-    """Pairs of a dataset folder, matched by file stem; missing ground truth is None."""
-    def by_stem(sub: str) -> dict[str, Path]:
-        path = folder / sub
-        if not path.is_dir():
-            return {}
-        return {p.stem: p for p in image_files(path)}
-    blended = by_stem("blended")
-    if not blended:
-        raise ValueError(f"{folder} has no blended/ images")
-    transmission, reflection = by_stem("transmission_layer"), by_stem("reflection_layer")
-    return [PairFiles(stem, path, transmission.get(stem), reflection.get(stem))
-            for stem, path in sorted(blended.items())]
-
-
 Separator = Callable[[Path], tuple[np.ndarray, np.ndarray]]
 """blended file -> (T, R) as (H, W, 3) arrays on a 0-255 scale."""
 
@@ -162,7 +140,7 @@ def _read_pair(pair: PairFiles) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
 def evaluate_dataset(folder: Path, separate: Separator, progress=None,
                      select: Callable[[list[PairFiles]], list[PairFiles]] = list) -> DatasetScores:
     """One row per image: method ("model" or "identity"), layer, metrics; `select` picks the
-    pairs to score (a distributed run's share, `dmdnet.distributed.Ranks.share`). Pairs without
+    pairs to score (a distributed run's share, `dmdnet.training.distributed.Ranks.share`). Pairs without
     a transmission, with an unreadable file or with sizes that differ are set aside, each with
     its reason, before the model runs on them."""
     scores = DatasetScores([], [], [])

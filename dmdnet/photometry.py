@@ -4,7 +4,8 @@ A photo through glass differs from the scene shot without it in two ways: the gl
 exposure of the second shot) dims and tints the whole scene, and the reflection adds structure.
 Mapping an image onto a reference by the least-squares gain and offset of each channel takes the
 first away; what is left is the second. `dmdnet.evaluation.invariant_psnr` scores removal that
-way, and `dmdnet.losses` teaches removal from real pairs that way.
+way, and `dmdnet.training.losses` teaches removal from real pairs that way. `fit_gain` is the
+brightness alone, what DMDNet-Lite's global gain is calibrated to (`dmdnet.training.calibration`).
 """
 from __future__ import annotations
 
@@ -31,3 +32,11 @@ def match_photometry(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """`source` mapped onto `target` by its per-image, per-channel least-squares gain and offset."""
     gain, offset = fit_gain_offset(source, target)
     return gain * source + offset
+
+
+def fit_gain(source: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, C, H, W) source and target -> (B, 1, 1, 1): per image the one gain a, over all channels
+    and without offset, that minimises the squared error of a * source against target."""
+    source, target = source.flatten(1), target.flatten(1)
+    gain = (source * target).sum(1) / source.square().sum(1).clamp_min(eps)
+    return gain[:, None, None, None]

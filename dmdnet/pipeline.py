@@ -19,15 +19,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import (CheckpointError, checkpoint_problem, config_from_checkpoint, load_dmdnet_weights,
-                          load_memory_banks, load_midas_weights, load_proximity_estimator, read_checkpoint)
-from .config import DMDNetConfig
-from .depth import MidasDPT
-from .diagnostics import Diagnostics, ForwardObserver
+from .checkpoints import (
+    CheckpointError,
+    checkpoint_problem,
+    config_from_checkpoint,
+    load_dmdnet_weights,
+    load_memory_banks,
+    load_midas_weights,
+    load_proximity_estimator,
+    read_checkpoint,
+)
+from .devices import default_device
 from .images import ImageInput, to_tensor
-from .model import DMDNet
-from .precision import cast_module, output_dtype, parse_dtype
-from .proximity import lite_depth_model
+from .network.config import DMDNetConfig
+from .network.depth import MidasDPT
+from .network.diagnostics import Diagnostics, ForwardObserver
+from .network.model import DMDNet
+from .network.precision import cast_module, output_dtype, parse_dtype
+from .network.proximity import lite_depth_model
 from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, WeightFile, find_weight_file
 
 DEFAULT_MAX_PIXELS = 2_100_000
@@ -81,7 +90,7 @@ def working_size(height: int, width: int, max_pixels: int,
 
 class Pipeline:
     """A loaded depth model and DMDNet on one device and dtype (in a half type, float32 where
-    precision matters: see `dmdnet.precision`; results always come back in `output_dtype`)."""
+    precision matters: see `dmdnet.network.precision`; results always come back in `output_dtype`)."""
 
     def __init__(self, model: DMDNet, depth_model: nn.Module, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -125,26 +134,6 @@ class Pipeline:
             transmission = gain * full + upsample(transmission - gain * work)
             reflection, depth = upsample(reflection), upsample(depth)
         return SeparationResult(transmission, reflection, depth, full, size, record if diagnostics else None)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """A --device value -> a device this machine can use (None: `default_device()`).
-
-    Raises ValueError with a one-line reason for an unknown or unavailable device, so the
-    CLI and app can refuse it before any weights load."""
-    if not name:
-        return default_device()
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:  # AssertionError: torch built without that backend
-        reason = (str(error).splitlines() or [""])[0]
-        raise ValueError(f"--device {name} cannot be used here ({reason})") from None
-    return device
 
 
 def _released_pipeline_parts(config: DMDNetConfig, checkpoint: object, paths: dict

@@ -16,6 +16,16 @@ from .checkpoints import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+MODEL_NAME = "model_latest.pt"
+"""The network file of the authors' layout, of every training run and of the shipped weights."""
+MEMORY_NAME = "memory_banks_latest.pt"
+"""The memory banks, always beside the network file."""
+TRAINING_STATE_NAME = "training_state.pt"
+"""Optimiser, step and random state of a training run (what `train` resumes from)."""
+MIDAS_NAME = "dpt_next_vit_large_384.pt"
+VGG_FILE = Path("../shared/data/pretrained/vgg19_relu3_1/vgg19_relu3_1.pth")
+"""ImageNet VGG19 up to relu3_1, for the perceptual loss."""
+
 
 @dataclass(frozen=True)
 class WeightFile:
@@ -27,13 +37,13 @@ class WeightFile:
     """Path in the authors' layout, relative to their repository root."""
 
 
-MODEL_FILE = WeightFile("DMDNet model", "DMDNET_MODEL", "checkpoints/DMDNet/model_latest.pt")
-MEMORY_FILE = WeightFile("memory bank", "DMDNET_MEMORY", "checkpoints/DMDNet/memory_banks_latest.pt")
-DEPTH_FILE = WeightFile("MiDaS depth", "DMDNET_DEPTH", "pretrained/dpt_next_vit_large_384.pt")
+MODEL_FILE = WeightFile("DMDNet model", "DMDNET_MODEL", f"checkpoints/DMDNet/{MODEL_NAME}")
+MEMORY_FILE = WeightFile("memory bank", "DMDNET_MEMORY", f"checkpoints/DMDNet/{MEMORY_NAME}")
+DEPTH_FILE = WeightFile("MiDaS depth", "DMDNET_DEPTH", f"pretrained/{MIDAS_NAME}")
 HUB_REPO_ENV = "DMDNET_HUB_REPO"
 DEFAULT_WEIGHTS = {
-    MODEL_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / "model_latest.pt",
-    MEMORY_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / "memory_banks_latest.pt",
+    MODEL_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / MODEL_NAME,
+    MEMORY_FILE: REPO_ROOT / "weights" / "dmdnet-lite" / MEMORY_NAME,
 }
 """The project's own DMDNet-Lite weights, used when none of the authors' files is found."""
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dmdnet.ops.scan import (  # noqa: E402
+from dmdnet.ops import (  # noqa: E402
     SCAN_MEMORY_BUDGET_BYTES,
     selective_scan_chunked,
     selective_scan_reference,

@@ -30,11 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from dmdnet import dsmamba  # noqa: E402
-from dmdnet.depth import MidasDPT  # noqa: E402
+from dmdnet import ops  # noqa: E402
 from dmdnet.files import write_text  # noqa: E402
-from dmdnet.model import DMDNet  # noqa: E402
-from dmdnet.ops import scan  # noqa: E402
+from dmdnet.network import dsmamba  # noqa: E402
+from dmdnet.network.depth import MidasDPT  # noqa: E402
+from dmdnet.network.model import DMDNet  # noqa: E402
 from dmdnet.pipeline import Pipeline  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def peak_rss_child(size: int) -> dict:
     code = (
         "import resource, sys, time, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from dmdnet.depth import MidasDPT\nfrom dmdnet.model import DMDNet\n"
+        "from dmdnet.network.depth import MidasDPT\nfrom dmdnet.network.model import DMDNet\n"
         "from dmdnet.pipeline import Pipeline\n"
         "pipe = Pipeline(DMDNet(), MidasDPT(), 'cpu', torch.float32, max_pixels=10**8)\n"
         f"image = torch.rand(1, 3, {size}, {size})\n"
@@ -195,8 +195,8 @@ def scan_vs_oracle(length: int = 4096, channels: int = 96, state: int = 16) -> d
     b, c = torch.randn(1, 2, state, length), torch.randn(1, 2, state, length)
     d, bias = torch.randn(channels), torch.randn(channels)
     results = {}
-    for name, function in (("chunked", scan.selective_scan_chunked),
-                           ("reference", scan.selective_scan_reference)):
+    for name, function in (("chunked", ops.selective_scan_chunked),
+                           ("reference", ops.selective_scan_reference)):
         start = time.perf_counter()
         y = function(u.double(), delta.double(), a.double(), b.double(), c.double(), d.double(),
                      delta_bias=bias.double())

@@ -4,7 +4,7 @@
     python scripts/fit_gap.py runs/z82/per_image.csv [more per_image.csv ...]
 
 Splits the per-image T-PSNR that `evaluate` writes into the training pairs and the held-out
-pairs (`dmdnet.real_pairs.VALIDATION_PAIRS`), for the model and for identity. A small gain on
+pairs (`dmdnet.training.real_pairs.VALIDATION_PAIRS`), for the model and for identity. A small gain on
 the training pairs says the network underfits them; a gain there that the held-out pairs do
 not share says it memorises them.
 """
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dmdnet.evaluation import METRICS, summarize  # noqa: E402
-from dmdnet.real_pairs import VALIDATION_PAIRS  # noqa: E402
+from dmdnet.training.real_pairs import VALIDATION_PAIRS  # noqa: E402
 
 
 def split_summary(per_image_csv: Path) -> dict[tuple[str, str], dict]:

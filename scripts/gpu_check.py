@@ -38,11 +38,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from support import write_seeded_checkpoints  # noqa: E402
+
 import dmdnet  # noqa: E402
-from conftest import write_seeded_checkpoints  # noqa: E402
+from dmdnet import ops  # noqa: E402
 from dmdnet.files import write_text  # noqa: E402
+from dmdnet.network.precision import parse_dtype  # noqa: E402
 from dmdnet.ops import scan  # noqa: E402
-from dmdnet.precision import parse_dtype  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "windowseat_museum.jpg"
 KERNEL_SHAPE = {"channels": 96, "states": 16, "length": 256 * 256}
@@ -119,11 +121,11 @@ def kernel_comparison(device: torch.device, repeats: int, shape: dict) -> list[d
     bfloat16 (A, D and the bias in float32, as DSMamba passes them), against the float64
     chunked scan and against each other on the same inputs."""
     inputs = {k: v.to(device) for k, v in scan_inputs(**shape).items()}
-    oracle = scan.selective_scan_chunked(**inputs)
+    oracle = ops.selective_scan_chunked(**inputs)
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         cast = {k: v.to(dtype) if k in ("u", "delta", "B", "C") else v.float() for k, v in inputs.items()}
-        paths = {"torch-chunked": scan.selective_scan_chunked, scan.scan_backend(device, dtype): scan.selective_scan}
+        paths = {"torch-chunked": ops.selective_scan_chunked, scan.scan_backend(device, dtype): scan.selective_scan}
         for name, function in paths.items():
             with torch.inference_mode():
                 seconds, y = best_seconds(lambda: function(**cast), device, repeats)
@@ -214,7 +216,7 @@ def main() -> int:
               flush=True)
 
     shape = {"channels": 32, "states": 16, "length": 4096} if args.quick else KERNEL_SHAPE
-    kernel_reason = scan._kernel_unavailable_reason(device, torch.float32)
+    kernel_reason = scan.kernel_unavailable_reason(device, torch.float32)
     report["kernel"] = {"shape": shape, "unavailable": kernel_reason,
                         "rows": kernel_comparison(device, repeats, shape)}
     print(f"selective scan, D={shape['channels']} N={shape['states']} L={shape['length']}, "

@@ -25,7 +25,7 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 import app
-from dmdnet.runs import RunStore
+from dmdnet.demo.runs import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300

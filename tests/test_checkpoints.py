@@ -1,4 +1,4 @@
-"""Key conversion, weight resolution and every bad-checkpoint path."""
+"""Weight resolution, loading, saving and every bad-checkpoint path."""
 from __future__ import annotations
 
 import pickle
@@ -10,42 +10,20 @@ import pytest
 import torch
 
 import dmdnet
-from dmdnet.checkpoints import (CheckpointError, load_dmdnet_weights, load_memory_banks,
-                                load_midas_weights, official_to_ours, ours_to_official,
-                                read_checkpoint, save_dmdnet_checkpoint)
-from dmdnet.config import DMDNetConfig
-from dmdnet.model import DMDNet
+from dmdnet.checkpoints import (
+    CheckpointError,
+    load_dmdnet_weights,
+    load_memory_banks,
+    load_midas_weights,
+    read_checkpoint,
+    save_dmdnet_checkpoint,
+)
+from dmdnet.network.config import DMDNetConfig
+from dmdnet.network.model import DMDNet
 from dmdnet.weights import MODEL_FILE, find_weight_file
 
 TINY = DMDNetConfig(dims=(8, 8, 16, 16, 16), encoder_blocks=(1, 1, 1, 1), dm_blocks=(1, 1, 1, 1, 2),
                     decoder_blocks=(1, 1, 1, 1), depth_feature_channels=(4, 4, 4), num_experts=3)
-
-
-def meta_state(shapes: dict) -> dict:
-    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-
-
-def test_released_keys_convert_and_load_strictly(official_dmdnet_shapes):
-    official = meta_state(official_dmdnet_shapes)
-    ours = official_to_ours(official)
-    with torch.device("meta"):
-        model = DMDNet()
-    model.load_state_dict(ours, strict=True, assign=True)
-    back = ours_to_official(ours)
-    assert list(back) == list(official)
-    assert all(back[k] is official[k] for k in official)
-
-
-def test_dataparallel_prefix_is_stripped(official_dmdnet_shapes):
-    prefixed = {"module." + k: v for k, v in meta_state(official_dmdnet_shapes).items()}
-    with torch.device("meta"):
-        model = DMDNet()
-    model.load_state_dict(official_to_ours(prefixed), strict=True, assign=True)
-
-
-def test_unknown_keys_pass_through_for_reporting():
-    converted = official_to_ours({"not_a_dmdnet_key": torch.zeros(1)})
-    assert list(converted) == ["not_a_dmdnet_key"]
 
 
 def test_small_config_round_trips_through_files(tmp_path):
@@ -205,7 +183,7 @@ def test_memory_bank_shape_mismatch(tiny_files):
 
 
 def test_midas_file_errors(tmp_path):
-    from dmdnet.depth import MidasDPT
+    from dmdnet.network.depth import MidasDPT
 
     with torch.device("meta"):
         depth_model = MidasDPT()
@@ -274,35 +252,3 @@ def test_load_pipeline_reports_every_bad_file_at_once(tmp_path, monkeypatch):
         f"DMDNet model file {tmp_path / 'random.pt'} is not a PyTorch checkpoint",
         f"memory bank file not found: {tmp_path / 'gone.pt'} (from given path)",
         f"MiDaS depth file {tmp_path / 'notes.pt'} is not a PyTorch checkpoint"]
-
-
-def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_path):
-    from dmdnet.checkpoints import average_checkpoints, read_checkpoint
-
-    model, memory = read_checkpoint(lite_checkpoints["model"], "model"), read_checkpoint(lite_checkpoints["memory"], "banks")
-    shifted = {**model, "iterations": 7, "network": {k: v + 0.02 if v.is_floating_point() else v
-                                                     for k, v in model["network"].items()}}
-    torch.save(shifted, tmp_path / "shifted_model.pt")
-    torch.save({k: v * 3 for k, v in memory.items()}, tmp_path / "scaled_banks.pt")
-    out_model, out_memory = tmp_path / "avg" / "model_latest.pt", tmp_path / "avg" / "memory_banks_latest.pt"
-    average_checkpoints([lite_checkpoints["model"], tmp_path / "shifted_model.pt"],
-                        [lite_checkpoints["memory"], tmp_path / "scaled_banks.pt"], out_model, out_memory)
-    averaged = read_checkpoint(out_model, "model")
-    for name, value in model["network"].items():
-        expected = value + 0.01 if value.is_floating_point() else value
-        assert torch.allclose(averaged["network"][name], expected, atol=1e-6), name
-    assert averaged["iterations"] == 7 and averaged["config"] == model["config"]
-    banks = read_checkpoint(out_memory, "banks")
-    for name, value in memory.items():
-        assert torch.allclose(banks[name], torch.nn.functional.normalize(value, dim=-1), atol=1e-6), name
-    pipe = dmdnet.load_pipeline(model=out_model, memory=out_memory, device="cpu")
-    assert torch.isfinite(pipe.separate(torch.rand(1, 3, 40, 48)).transmission).all()
-
-    torch.save({k: v for k, v in model.items() if k != "proximity_estimator"}, tmp_path / "no_estimator.pt")
-    with pytest.raises(CheckpointError, match="cannot average proximity_estimator"):
-        average_checkpoints([lite_checkpoints["model"], tmp_path / "no_estimator.pt"], [lite_checkpoints["memory"]] * 2,
-                            out_model, out_memory)
-    torch.save(dict(list(memory.items())[1:]), tmp_path / "fewer_banks.pt")
-    with pytest.raises(CheckpointError, match="different tensors or shapes"):
-        average_checkpoints([lite_checkpoints["model"]] * 2, [lite_checkpoints["memory"], tmp_path / "fewer_banks.pt"],
-                            out_model, out_memory)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import REPO_ROOT
 
-from conftest import REPO_ROOT
-from dmdnet.cli import main, output_names
+from dmdnet.cli import UsageError, main, mix_probabilities, output_names
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (18, 26)) -> Path:
@@ -193,9 +193,10 @@ def test_evaluate_reads_every_benchmark_layout(tmp_path, lite_checkpoints):
 
 
 def test_evaluate_defaults_to_the_benchmark_sets():
-    from conftest import SHARED
-    from dmdnet.cli import BENCHMARK_SETS, build_parser
-    from dmdnet.evaluation import dataset_pairs
+    from support import SHARED
+
+    from dmdnet.cli import build_parser
+    from dmdnet.datasets import BENCHMARK_SETS, dataset_pairs
 
     args = build_parser().parse_args(["evaluate"])
     assert [Path(name).name for name in args.datasets] == [
@@ -252,3 +253,9 @@ def test_evaluate_scores_every_readable_pair_and_names_the_others(tmp_path, lite
     with open(out / "skipped.csv") as handle:
         assert {f"{row['dataset']}/{row['image']}" for row in csv.DictReader(handle)} == {
             *reasons, "mixed/c", "only_blended/x"}
+
+
+def test_mix_weights_are_normalised_and_checked():
+    assert mix_probabilities([2, 1, 1, 0]) == (0.5, 0.25, 0.25, 0.0)
+    with pytest.raises(UsageError, match="--mix"):
+        mix_probabilities([1, -1, 0, 0])

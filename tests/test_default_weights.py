@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import REPO_ROOT, SHARED
 
 import dmdnet
-from conftest import REPO_ROOT, SHARED
-from dmdnet.evaluation import dataset_pairs, psnr, to_255
+from dmdnet.datasets import dataset_pairs
+from dmdnet.evaluation import psnr, to_255
 from dmdnet.images import to_tensor
 from dmdnet.weights import DEPTH_FILE, HUB_REPO_ENV, MEMORY_FILE, MODEL_FILE
 

@@ -10,8 +10,8 @@ from scipy.ndimage import uniform_filter
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dmdnet.evaluation import (dataset_pairs, evaluate_dataset, image_scores, luma, psnr, ssim,
-                               summarize, write_tables)
+from dmdnet.datasets import dataset_pairs
+from dmdnet.evaluation import evaluate_dataset, image_scores, luma, psnr, ssim, summarize, write_tables
 
 
 def test_psnr_of_a_constant_offset():

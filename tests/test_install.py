@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 from PIL import Image
-
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 
 
 def _setup_commands() -> list[str]:

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from conftest import REPO_ROOT, SHARED
+from support import REPO_ROOT, SHARED
 
 FILE_LIMIT = 64 * 1024
 PHOTOS = SHARED / "data" / "natural" / "bsds500" / "val"
@@ -32,7 +31,7 @@ import dmdnet
 from dmdnet.checkpoints import save_files
 from dmdnet.evaluation import write_tables
 from dmdnet.images import save_png
-from dmdnet.runs import RunStore
+from dmdnet.demo.runs import RunStore
 
 out, model, memory = map(Path, sys.argv[1:4])
 rows = [{"dataset": "d", "image": str(i), "method": "model", "layer": "T", "psnr": 1.0, "ssim": 1.0,

@@ -1,4 +1,4 @@
-"""CPU selective scan compiled with numba, with a hand-written backward (same contract as `scan.py`).
+"""CPU selective scan compiled with numba, with a hand-written backward (the contract of `scan_reference.py`).
 
 The torch chunked scan spends most of its time launching thousands of small ops; here one compiled loop
 per (batch, channel) keeps the state in a local array and walks the sequence once, in the inputs' own
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .scan import _check_inputs, _compute_dtype, _prepare_delta
+from .scan_reference import check_inputs, compute_dtype, prepare_delta
 
 __all__ = ["SelectiveScanNumba", "numba_unavailable_reason", "selective_scan_numba"]
 
@@ -249,13 +249,13 @@ def selective_scan_numba(
     dt = softplus(delta + delta_bias) is computed by torch, which also differentiates it.
     Raises RuntimeError when numba is not importable, ValueError for non-CPU tensors or bad shapes.
     """
-    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    check_inputs(u, delta, A, B, C, D, delta_bias)
     if u.device.type != "cpu":
         raise ValueError(f"the numba selective scan runs on CPU tensors, got {u.device}")
     out_dtype = u.dtype
-    dtype = _compute_dtype(out_dtype)
+    dtype = compute_dtype(out_dtype)
     u, delta, A, B, C = (x.to(dtype) for x in (u, delta, A, B, C))
     D = u.new_zeros(u.shape[1]) if D is None else D.to(dtype)
     delta_bias = None if delta_bias is None else delta_bias.to(dtype)
-    dt = _prepare_delta(delta, delta_bias, delta_softplus)
+    dt = prepare_delta(delta, delta_bias, delta_softplus)
     return SelectiveScanNumba.apply(u, dt, A, B, C, D).to(out_dtype)

@@ -1,0 +1,198 @@
+"""Synthetic training pairs: a natural photo seen through glass that reflects another.
+
+Five image-formation models are mixed, because real reflections vary and the reference's
+single strong, blurred screen blend teaches a network to lift veils and leave the rest:
+- screen blend (the reference's): I = T + R - T*R, T = a*T0, R = b*blur(R0);
+- additive with clipping (CEILNet): I = clip(T0 + b*blur(R0));
+- ghosting (thick glass): R = b*(mix of R0 and a copy shifted a few pixels in any direction),
+  lightly blurred, screen blend: the double edges of real window reflections;
+- highlights: I = clip(T0 + b*M*blur(R0)^g), g in [1.5, 3], M a smooth random mask. Real
+  reflections are often bright things (lamps, sky, windows) over part of the glass with
+  little light elsewhere, while a plain b*R0 always lays a veil over the whole frame;
+- sharp: R = b*M'*R0 nearly unblurred (sigma <= 1), M' a smooth mask in [0.3, 1], added with
+  clipping: a camera focused near the glass sees the reflected scene in focus, stronger over
+  part of the frame.
+Targets are T0 and the reflection actually present in I (I's share not explained by T0
+for the additive models), so that T + R reproduces the photo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..images import image_files
+
+MODEL_NAMES = ("screen", "additive", "ghosting", "highlights", "sharp")
+KERNEL_SIZES = (5, 7, 9, 11)
+KERNEL_PROBABILITIES = (0.1, 0.2, 0.3, 0.4)
+
+
+def list_images(folders: list[str | Path]) -> list[Path]:
+    """Image files directly inside each folder, sorted."""
+    return [path for folder in folders for path in image_files(folder)]
+
+
+def load_images(files: list[Path]) -> list[torch.Tensor]:
+    """Decoded RGB uint8 tensors (3, H, W), kept in memory for fast sampling."""
+    images = []
+    for path in files:
+        with Image.open(path) as image:
+            images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1))
+    return images
+
+
+def gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) tensor, reflection-padded."""
+    x = torch.arange(size, dtype=image.dtype) - (size - 1) / 2
+    kernel = torch.exp(-x**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = image.shape[0]
+    padded = F.pad(image[None], (size // 2,) * 4, mode="reflect")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(c, 1, size, 1), groups=c)[0]
+
+
+def short_side_range(patch: int) -> tuple[int, int]:
+    """Spec augmentation: the short sides photos are rescaled to before P x P crops, [P, 2P]."""
+    return patch, 2 * patch
+
+
+def random_patch(image: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
+    """Spec augmentation: short side to a random even size in `short_side_range`, flip, rot90,
+    P x P crop."""
+    h, w = image.shape[-2:]
+    shortest, longest = short_side_range(patch)
+    short = 2 * int(rng.integers(shortest // 2, longest // 2 + 1))
+    scale = short / min(h, w)
+    size = (max(patch, round(h * scale)), max(patch, round(w * scale)))
+    x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear",
+                      align_corners=False, antialias=True)[0].clamp(0, 1)
+    if rng.random() < 0.5:
+        x = x.flip(-1)
+    if rng.random() < 0.5:
+        x = torch.rot90(x, int(rng.integers(1, 4)), dims=(-2, -1))
+    top = int(rng.integers(0, x.shape[-2] - patch + 1))
+    left = int(rng.integers(0, x.shape[-1] - patch + 1))
+    return x[:, top:top + patch, left:left + patch].contiguous()
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    strength: tuple[float, float] = (0.15, 0.8)
+    """Range of b, the reflection's strength."""
+    transmission_gain: tuple[float, float] = (0.8, 1.0)
+    """Range of a (screen blend only)."""
+    blur_sigma: tuple[float, float] = (2.0, 5.0)
+    """Range of the Gaussian blur's sigma on the reflection (screen blend and additive): small
+    values give the in-focus reflections of a camera focused near the glass."""
+    highlight_blur_sigma: tuple[float, float] = (0.5, 3.0)
+    """Range of the blur's sigma on highlight reflections (bright reflected things are often
+    close to in focus)."""
+    sharp_strength: tuple[float, float] = (0.1, 0.5)
+    """Range of b for sharp reflections (in focus, so weaker ones already read as structure)."""
+    sharp_blur_sigma: tuple[float, float] = (0.0, 1.0)
+    """Range of the blur's sigma on sharp reflections (0: none)."""
+    ghost_shift: tuple[int, int] = (3, 15)
+    """Range of the ghost's offset in pixels (thicker glass, larger offset)."""
+    model_probabilities: tuple[float, float, float, float, float] = (0.25, 0.2, 0.2, 0.1, 0.25)
+    """Relative frequencies of the models, in the order of `MODEL_NAMES`."""
+
+
+def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """(1, H, W) mask in [0, 1]: a few smooth blobs covering a random share of the patch."""
+    cells = int(rng.integers(2, 6))
+    coarse = torch.from_numpy(rng.random((1, 1, cells, cells))).float()
+    field = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[0]
+    return ((field - rng.uniform(0.2, 0.6)) / 0.25).clamp(0, 1)
+
+
+def random_blur(image: torch.Tensor, sigma_range: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
+    """Gaussian blur with the reference's random kernel size and a sigma drawn from `sigma_range`."""
+    size = int(rng.choice(KERNEL_SIZES, p=KERNEL_PROBABILITIES))
+    return gaussian_blur(image, size, rng.uniform(*sigma_range))
+
+
+def ghosted(reflection: torch.Tensor, shift_range: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """The reflection mixed with a copy of itself shifted a few pixels in a random direction: the
+    second reflection off the far side of thick glass, usually the weaker of the two."""
+    shift = rng.uniform(*shift_range)
+    angle = rng.uniform(0, 2 * np.pi)
+    dy, dx = round(shift * np.sin(angle)), round(shift * np.cos(angle))
+    mix = rng.uniform(0.5, 0.8)
+    return mix * reflection + (1 - mix) * torch.roll(reflection, (dy, dx), dims=(-2, -1))
+
+
+def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
+               settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
+    """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
+    kind = MODEL_NAMES[rng.choice(len(MODEL_NAMES), p=settings.model_probabilities)]
+    size = tuple(reflection.shape[-2:])
+    if kind == "sharp":
+        b = rng.uniform(*settings.sharp_strength)
+        sigma = rng.uniform(*settings.sharp_blur_sigma)
+        sharp = gaussian_blur(reflection, 5, sigma) if sigma > 0.3 else reflection
+        r = b * (0.3 + 0.7 * smooth_mask(size, rng)) * sharp
+    else:
+        b = rng.uniform(*settings.strength)
+        if kind == "highlights":
+            glow = random_blur(reflection, settings.highlight_blur_sigma, rng).clamp(0, 1)
+            r = b * smooth_mask(size, rng) * glow ** rng.uniform(1.5, 3.0)
+        elif kind == "ghosting":
+            r = b * gaussian_blur(ghosted(reflection, settings.ghost_shift, rng), 5, rng.uniform(0.5, 1.5))
+        else:
+            r = b * random_blur(reflection, settings.blur_sigma, rng)
+    if kind in ("additive", "highlights", "sharp"):
+        blended = (transmission + r).clamp(0, 1)
+        return blended, transmission, blended - transmission
+    t = rng.uniform(*settings.transmission_gain) * transmission
+    return t + r - t * r, transmission, r - t * r
+
+
+class PairSampler:
+    """Draws random synthetic batches from a pool of natural photos."""
+
+    def __init__(self, files: list[Path], patch: int, seed: int | tuple[int, ...] = 0,
+                 settings: SynthesisSettings = SynthesisSettings()):
+        if len(files) < 2:
+            raise ValueError("need at least two natural images to synthesise pairs")
+        self.images = load_images(files)
+        self.patch = patch
+        self.settings = settings
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, transmissions, reflections = [], [], []
+        for _ in range(batch):
+            i, j = self.rng.choice(len(self.images), size=2, replace=False)
+            t0 = random_patch(self.images[i], self.patch, self.rng)
+            r0 = random_patch(self.images[j], self.patch, self.rng)
+            blended, t, r = synthesize(t0, r0, self.rng, self.settings)
+            inputs.append(blended)
+            transmissions.append(t)
+            reflections.append(r)
+        return torch.stack(inputs), torch.stack(transmissions), torch.stack(reflections)
+
+
+def validation_pairs(files: list[Path], size: int, count: int, seed: int = 1234
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed set of synthetic pairs (center crops) for comparable validation scores."""
+    rng = np.random.default_rng(seed)
+    images = load_images(files)
+    def crop(image: torch.Tensor) -> torch.Tensor:
+        x = image.float() / 255
+        h, w = x.shape[-2:]
+        side = min(h, w)
+        x = x[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
+                             align_corners=False)[0].clamp(0, 1)
+    triples = []
+    for k in range(count):
+        t0 = crop(images[(2 * k) % len(images)])
+        r0 = crop(images[(2 * k + 1) % len(images)])
+        triples.append(synthesize(t0, r0, rng))
+    return tuple(torch.stack(part) for part in zip(*triples))

