@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .datasets import BENCHMARK_SETS, LAYER_FOLDERS
+from .datasets import BENCHMARK_SETS, BLENDED, LAYER_FOLDERS, dataset_pairs
 from .files import Stopped, stop_on_signals, uninterrupted
 from .images import image_files
 
@@ -225,10 +225,8 @@ def _separate(args: argparse.Namespace) -> int:
 def check_dataset(name: str) -> int:
     """The number of pairs in the dataset folder `name`; raises UsageError unless it has
     images in blended/."""
-    from .datasets import dataset_pairs
-
-    if not (Path(name) / "blended").is_dir():
-        raise UsageError(f"not a dataset folder (no blended/ inside): {name}")
+    if not (Path(name) / BLENDED).is_dir():
+        raise UsageError(f"not a dataset folder (no {BLENDED}/ inside): {name}")
     try:
         return len(dataset_pairs(Path(name)))
     except ValueError as error:
@@ -240,7 +238,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import load_pipeline
     from .checkpoints import CheckpointError
-    from .datasets import dataset_pairs
     from .devices import resolve_device
     from .evaluation import evaluate_dataset, to_255, write_tables
     from .pipeline import find_weights

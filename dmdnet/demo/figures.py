@@ -9,6 +9,7 @@ what a web server drawing in worker threads needs. Colours are matplotlib colorm
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -98,8 +99,10 @@ def _text(axes: Axes, x: float, y: float, text: str, **style) -> Text:
     return axes.figure.text(x, y, text, transform=axes.transData, **style)
 
 
+@functools.lru_cache(maxsize=512)
 def text_width(text: str, fontsize: float = TITLE_SIZE) -> float:
-    """The width in pixels of one line of `text` drawn on these figures."""
+    """The width in pixels of one line of `text` drawn on these figures (kept: a figure asks for
+    its title's width twice, to size the canvas and to place the title)."""
     width, _, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(text, FontProperties(size=fontsize),
                                                                          ismath=False)
     return width
