@@ -11,6 +11,7 @@ of OpenMP threads, which slowed the next separation by 40% here.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -19,7 +20,6 @@ import re
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ PARTIAL_LIFETIME_S = 3600
 """A hidden, half-written run folder older than this was left by a killed server."""
 FIGURE_BYTES = 400_000
 """Room made for each figure (and the summary) of a run: the PNGs measured 12-170 kB."""
-IMAGE_WRITERS = ThreadPoolExecutor(3, thread_name_prefix="run-images")
+IMAGE_WRITERS = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="run-images")
 """Writes the PNGs of runs: layers, previews and figures (the two layers and the input's
 preview at a time)."""
 
@@ -172,22 +172,26 @@ class RunStore:
                  "diagnostics": "diagnostics.npz"}
         layers = {key: Image.fromarray(to_uint8(getattr(result, key))) for key in ("transmission", "reflection")}
         writes = [IMAGE_WRITERS.submit(_write_png, image, folder / files[key]) for key, image in layers.items()]
-        writes.append(IMAGE_WRITERS.submit(_write_png, Image.fromarray(to_uint8(result.image)),
-                                           folder / files["input_preview"], PREVIEW_SIDE))
-        for key, image in layers.items():
-            if max(image.size) <= PREVIEW_SIDE:  # the layer itself is its preview
-                files[f"{key}_preview"] = files[key]
-            else:
-                writes.append(IMAGE_WRITERS.submit(_write_png, image, folder / files[f"{key}_preview"], PREVIEW_SIDE))
-        np.savez(folder / files["diagnostics"], **arrays)
-        drawings = {"depth": lambda: figures.depth_figure(result.depth[0, 0].float().numpy()),
-                    "scan_order": lambda: figures.scan_overview(scans, result.processed_size),
-                    "gates": lambda: figures.gate_heatmap(np.stack([e.coefficients for e in experts]),
-                                                          [e.label for e in experts])}
-        for key, draw in drawings.items():  # each figure is written while the next is drawn
-            writes.append(IMAGE_WRITERS.submit(_write_png, draw(), folder / files[key]))
-        for write in writes:
-            write.result()
+        try:  # no error leaves this function while a worker still writes into `folder`
+            writes.append(IMAGE_WRITERS.submit(_write_png, Image.fromarray(to_uint8(result.image)),
+                                               folder / files["input_preview"], PREVIEW_SIDE))
+            for key, image in layers.items():
+                if max(image.size) <= PREVIEW_SIDE:  # the layer itself is its preview
+                    files[f"{key}_preview"] = files[key]
+                else:
+                    writes.append(IMAGE_WRITERS.submit(_write_png, image, folder / files[f"{key}_preview"],
+                                                       PREVIEW_SIDE))
+            np.savez(folder / files["diagnostics"], **arrays)
+            drawings = {"depth": lambda: figures.depth_figure(result.depth[0, 0].float().numpy()),
+                        "scan_order": lambda: figures.scan_overview(scans, result.processed_size),
+                        "gates": lambda: figures.gate_heatmap(np.stack([e.coefficients for e in experts]),
+                                                              [e.label for e in experts])}
+            for key, draw in drawings.items():  # each figure is written while the next is drawn
+                writes.append(IMAGE_WRITERS.submit(_write_png, draw(), folder / files[key]))
+            for write in writes:
+                write.result()
+        finally:
+            concurrent.futures.wait(writes)
         height, width = result.image.shape[-2:]
         info = {
             "source": name,
