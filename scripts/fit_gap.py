@@ -3,8 +3,9 @@
     python -m dmdnet evaluate ../shared/data/real_train/zhang_real82 --out runs/z82
     python scripts/fit_gap.py runs/z82/per_image.csv [more per_image.csv ...]
 
-Splits the per-image T-PSNR that `evaluate` writes into the training pairs and the held-out
-pairs (`dmdnet.training.real_pairs.VALIDATION_PAIRS`), for the model and for identity. A small gain on
+Splits the per-image T-PSNR and photometry-invariant T-PSNR (PSNR-inv) that `evaluate` writes
+into the training pairs and the held-out pairs (`dmdnet.training.real_pairs.VALIDATION_PAIRS`),
+for the model and for identity. A small gain on
 the training pairs says the network underfits them; a gain there that the held-out pairs do
 not share says it memorises them.
 """
@@ -36,16 +37,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("per_image", nargs="+", type=Path, help="per_image.csv files written by evaluate")
     args = parser.parse_args()
-    print("| per_image.csv | split | pairs | model T-PSNR | identity | gain |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| per_image.csv | split | pairs | model T-PSNR | identity | gain | model PSNR-inv | identity | gain |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for path in args.per_image:
         groups = split_summary(path)
         for split in ("train", "held out"):
             if (split, "model") not in groups:
                 continue
             model, identity = groups[(split, "model")], groups[(split, "identity")]
-            print(f"| {path} | {split} | {model['images']} | {model['psnr']:.2f} | {identity['psnr']:.2f} | "
-                  f"{model['psnr'] - identity['psnr']:+.2f} |")
+            print(f"| {path} | {split} | {model['images']} | " + " | ".join(
+                f"{model[metric]:.2f} | {identity[metric]:.2f} | {model[metric] - identity[metric]:+.2f}"
+                for metric in ("psnr", "psnr_inv")) + " |")
 
 
 if __name__ == "__main__":
