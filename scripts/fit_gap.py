@@ -37,6 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("per_image", nargs="+", type=Path, help="per_image.csv files written by evaluate")
     args = parser.parse_args()
+    missing = [str(path) for path in args.per_image if not path.is_file()]
+    if missing:
+        parser.error(f"not found: {', '.join(missing)} (write it with `python -m dmdnet evaluate ... --out DIR`)")
     print("| per_image.csv | split | pairs | model T-PSNR | identity | gain | model PSNR-inv | identity | gain |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for path in args.per_image:
