@@ -12,6 +12,7 @@ timm's `tf_efficientnet_lite0` (input `(x - 0.5) / 0.5`), a pure function of the
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 
@@ -101,7 +102,11 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
 class FrozenEncoder(nn.Module):
     """The ImageNet encoder's stem and first five stages, never trained: eval mode always (batch
     norm keeps ImageNet statistics), no gradients, and not part of `state_dict()` (the weights
-    come from the package, not from DMDNet's files)."""
+    come from the package, not from DMDNet's files).
+
+    In a half type it still runs in float32 (`float32_tensors` names all its tensors): sixteen
+    blocks deep, in bfloat16 it moved the proximity map by 2.3% (relative L2), which reorders
+    DAScan; in float32 the whole network's outputs stay within the half-precision bounds."""
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
@@ -114,14 +119,20 @@ class FrozenEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenEncoder":
         return super().train(False)
 
+    @property
+    def float32_tensors(self) -> tuple[str, ...]:
+        """Every parameter and buffer (see `dmdnet.network.precision.cast_module`)."""
+        return tuple(name for name, _ in itertools.chain(self.named_parameters(), self.named_buffers()))
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) in [0, 1], H and W multiples of 16 -> stride 4, 8 and 16 features."""
-        x = self.stem(normalise(image))
+        """(B, 3, H, W) in [0, 1], H and W multiples of 16 -> stride 4, 8 and 16 features in the
+        image's dtype (computed in float32, or float64 for a float64 image)."""
+        x = self.stem(normalise(image.to(torch.promote_types(image.dtype, torch.float32))))
         outputs = []
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
-        return outputs[1], outputs[2], outputs[4]
+        return tuple(outputs[stage].to(image.dtype) for stage in (1, 2, 4))
 
 
 def _drop_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

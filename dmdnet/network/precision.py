@@ -11,6 +11,8 @@ the parts whose results are decisions or long accumulations keep float32:
   (softmax over slots, the two best slots per pixel), against float32 memory banks;
 * the statistics of the channel layer norms (a mean subtracted from values much larger
   than the spread cancels in a half type);
+* the frozen ImageNet encoder of DMDNet-Lite's ImageNet prior (sixteen blocks deep; its
+  features come back in the half type);
 * in `Pipeline`, the input at full size, the composition of a downscaled run and every
   output (float32).
 
