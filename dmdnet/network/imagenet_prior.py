@@ -25,6 +25,7 @@ from ..checkpoints import CheckpointError, read_checkpoint
 from .config import IMAGENET_FEATURE_CHANNELS
 from .depth import DepthFeatures
 from .layers import lrelu
+from .precision import output_dtype
 
 TIMM_NAME = "tf_efficientnet_lite0"
 """Channels of the encoder's stride 4, 8 and 16 outputs (timm stages 1, 2 and 4)."""
@@ -127,7 +128,7 @@ class FrozenEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in [0, 1], H and W multiples of 16 -> stride 4, 8 and 16 features in the
         image's dtype (computed in float32, or float64 for a float64 image)."""
-        x = self.stem(normalise(image.to(torch.promote_types(image.dtype, torch.float32))))
+        x = self.stem(normalise(image.to(output_dtype(image.dtype))))
         outputs = []
         for stage in self.stages:
             x = stage(x)
