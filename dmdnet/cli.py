@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -297,16 +297,29 @@ def mix_probabilities(weights: list[float]) -> tuple[float, ...]:
     return tuple(w / total for w in weights)
 
 
-def check_fraction(value: float) -> None:
+def check_fraction(value: float, option: str = "--real-fraction") -> None:
     if not 0 <= value <= 1:
-        raise UsageError("--real-fraction must lie in [0, 1]")
+        raise UsageError(f"{option} must lie in [0, 1]")
+
+
+def synthesis_settings(args: argparse.Namespace) -> SynthesisSettings:
+    """The `--synthesis` preset with the parts that the other synthesis options set replaced."""
+    from .training.synthesis import SYNTHESIS_PRESETS
+
+    changes = {"strength": args.strength, "transmission_gain": args.transmission_gain,
+               "blur_sigma": args.reflection_blur, "real_reflection_share": args.real_reflections,
+               "model_probabilities": args.mix and mix_probabilities(args.mix)}
+    if args.real_reflections is not None:
+        check_fraction(args.real_reflections, "--real-reflections")
+    return replace(SYNTHESIS_PRESETS[args.synthesis],
+                   **{name: tuple(value) if isinstance(value, list) else value
+                      for name, value in changes.items() if value is not None})
 
 
 def _train(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .devices import resolve_device
     from .training.losses import LossWeights
-    from .training.synthesis import SynthesisSettings
     from .training.trainer import Trainer, TrainSettings
 
     real_l1_t, real_l1_r, real_gradient = args.real_loss
@@ -320,17 +333,15 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
                              "--perceptual 0 --real-perceptual 0 trains without it)")
 
-    check_all(lambda: resolve_device(args.device), lambda: check_fraction(args.real_fraction), check_vgg)
+    synthesis, *_ = check_all(lambda: synthesis_settings(args), lambda: resolve_device(args.device),
+                              lambda: check_fraction(args.real_fraction), check_vgg)
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
         validation=Path(args.validation) if args.validation else None, preset=args.preset,
         depth=Path(args.depth) if args.depth else None, init=Path(args.init) if args.init else None,
         patch=args.patch, batch=args.batch,
-        synthesis=SynthesisSettings(strength=tuple(args.strength),
-                                    transmission_gain=tuple(args.transmission_gain),
-                                    blur_sigma=tuple(args.reflection_blur),
-                                    model_probabilities=mix_probabilities(args.mix)),
+        synthesis=synthesis,
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
         loss=loss, imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg),
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
@@ -393,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .network.imagenet_prior import PACKAGE as IMAGENET_PACKAGE
     from .pipeline import DEFAULT_MAX_PIXELS
     from .training.losses import LossWeights
-    from .training.synthesis import SynthesisSettings
+    from .training.synthesis import SYNTHESIS_PRESETS
     from .training.trainer import DEFAULT_DATA, DEFAULT_VALIDATION, PRESETS, TrainSettings
     from .weights import VGG_FILE
 
@@ -458,16 +469,22 @@ def build_parser() -> argparse.ArgumentParser:
                                       "it); tensors whose names and shapes match are copied")
     train.add_argument("--patch", type=int, default=TrainSettings.patch, help="training crop size (multiple of 32)")
     train.add_argument("--batch", type=int, default=TrainSettings.batch)
-    train.add_argument("--strength", type=float, nargs=2, default=SynthesisSettings.strength,
-                       metavar=("LOW", "HIGH"), help="range of the synthetic reflections' strength b")
-    train.add_argument("--transmission-gain", type=float, nargs=2, default=SynthesisSettings.transmission_gain,
-                       metavar=("LOW", "HIGH"),
+    train.add_argument("--synthesis", choices=list(SYNTHESIS_PRESETS), default="structured",
+                       help="how synthetic pairs are made (dmdnet/training/synthesis.py): structured (half "
+                            "of them real reflections of the --real training pairs over natural photos, when "
+                            "--real is given) or veiled (the earlier five models); the options below change "
+                            "one part of it")
+    train.add_argument("--strength", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="range of the synthetic reflections' strength b")
+    train.add_argument("--transmission-gain", type=float, nargs=2, metavar=("LOW", "HIGH"),
                        help="range of the glass's attenuation a of the scene (screen blend and ghosting)")
-    train.add_argument("--reflection-blur", type=float, nargs=2, default=SynthesisSettings.blur_sigma,
-                       metavar=("LOW", "HIGH"), help="range of the Gaussian blur's sigma on the reflection")
-    train.add_argument("--mix", type=float, nargs=5, default=SynthesisSettings.model_probabilities,
+    train.add_argument("--reflection-blur", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="range of the Gaussian blur's sigma on the reflection")
+    train.add_argument("--mix", type=float, nargs=5,
                        metavar=("SCREEN", "ADDITIVE", "GHOSTING", "HIGHLIGHTS", "SHARP"),
                        help="relative frequencies of the image-formation models (normalised to sum to 1)")
+    train.add_argument("--real-reflections", type=float, metavar="SHARE",
+                       help="share of the synthetic pairs made of real reflections over natural photos")
     train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=TrainSettings.lr)
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")

@@ -14,9 +14,14 @@ single strong, blurred screen blend teaches a network to lift veils and leave th
   part of the frame.
 Targets are T0 and the reflection actually present in I (I's share not explained by T0
 for the additive models), so that T + R reproduces the photo.
+
+A sixth source, real reflections (`composite`), lays the reflection layers of real training pairs
+(`dmdnet.training.real_reflections`) over natural photos dimmed and tinted by the gains of a real
+glass: real reflection structure, which the five models only approximate, over unlimited scenes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,10 @@ from PIL import Image
 from ..images import image_files
 
 MODEL_NAMES = ("screen", "additive", "ghosting", "highlights", "sharp")
+REAL_REFLECTIONS = "real reflections"
+"""The name of the sixth source, `composite`."""
+GLASS_GAIN_RANGE = (0.5, 1.05)
+"""Per-channel gains a real glass (and the exposure of its pair's second shot) puts on the scene."""
 KERNEL_SIZES = (5, 7, 9, 11)
 KERNEL_PROBABILITIES = (0.1, 0.2, 0.3, 0.4)
 
@@ -101,6 +110,36 @@ class SynthesisSettings:
     """Range of the ghost's offset in pixels (thicker glass, larger offset)."""
     model_probabilities: tuple[float, float, float, float, float] = (0.25, 0.2, 0.2, 0.1, 0.25)
     """Relative frequencies of the models, in the order of `MODEL_NAMES`."""
+    real_reflection_share: float = 0.0
+    """Share of the pairs made by `composite` instead (when real reflections are given)."""
+    real_reflection_strength: tuple[float, float] = (0.7, 1.3)
+    """Range of the factor on a real reflection layer."""
+    reflection_colour_jitter: float = 0.15
+    """Each channel of a real reflection is scaled by a factor in [1 - jitter, 1 + jitter]."""
+    glass_gain_jitter: float = 0.05
+    """Each channel's glass gain moves by up to this much."""
+
+
+SYNTHESIS_PRESETS = {
+    "structured": SynthesisSettings(strength=(0.3, 0.85), blur_sigma=(1.0, 4.0), sharp_strength=(0.25, 0.6),
+                                    real_reflection_share=0.5),
+    "veiled": SynthesisSettings(),
+}
+"""Named syntheses. "structured" (the default): half the pairs real reflections over natural photos,
+the five models with reflections as strong and sharp as real ones (`scripts/data_report.py`: the
+median crop keeps as much structure as a real pair's once photometry is matched out). "veiled": the
+five models as tuned until issue 29, mostly smooth veils."""
+
+
+@dataclass(frozen=True)
+class RealReflection:
+    """The reflection layer of one real training pair and the gains of its glass."""
+
+    name: str
+    layer: torch.Tensor
+    """(3, H, W) uint8."""
+    glass_gain: torch.Tensor
+    """(3, 1, 1), within `GLASS_GAIN_RANGE`."""
 
 
 def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
@@ -128,9 +167,11 @@ def ghosted(reflection: torch.Tensor, shift_range: tuple[int, int], rng: np.rand
 
 
 def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.random.Generator,
-               settings: SynthesisSettings = SynthesisSettings()) -> tuple[torch.Tensor, ...]:
-    """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1]."""
-    kind = MODEL_NAMES[rng.choice(len(MODEL_NAMES), p=settings.model_probabilities)]
+               settings: SynthesisSettings = SynthesisSettings(), kind: str | None = None
+               ) -> tuple[torch.Tensor, ...]:
+    """(T0, R0) patches -> (input, T target, R target), all (3, P, P) in [0, 1], by the model `kind`
+    (one of `MODEL_NAMES`), or by one drawn with `settings.model_probabilities`."""
+    kind = kind or MODEL_NAMES[rng.choice(len(MODEL_NAMES), p=settings.model_probabilities)]
     size = tuple(reflection.shape[-2:])
     if kind == "sharp":
         b = rng.uniform(*settings.sharp_strength)
@@ -153,29 +194,57 @@ def synthesize(transmission: torch.Tensor, reflection: torch.Tensor, rng: np.ran
     return t + r - t * r, transmission, r - t * r
 
 
+def composite(transmission: torch.Tensor, reflection: torch.Tensor, glass_gain: torch.Tensor,
+              rng: np.random.Generator, settings: SynthesisSettings = SynthesisSettings()
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(3, P, P) natural photo, (3, P, P) crop of a real reflection layer and (3, 1, 1) glass gain ->
+    (input, T target, R target): I = clip(g * T + s * c * R), g the glass gain jittered, s the
+    strength, c a colour jitter per channel. T's target is the undimmed photo, as on real pairs
+    (the absolute photometry is learned as there); R's is what the glass added."""
+    jitter = settings.glass_gain_jitter
+    gain = (glass_gain + torch.from_numpy(rng.uniform(-jitter, jitter, (3, 1, 1))).float()).clamp(
+        *GLASS_GAIN_RANGE)
+    colour = torch.from_numpy(rng.uniform(1 - settings.reflection_colour_jitter,
+                                          1 + settings.reflection_colour_jitter, (3, 1, 1))).float()
+    dimmed = gain * transmission
+    blended = (dimmed + rng.uniform(*settings.real_reflection_strength) * colour * reflection).clamp(0, 1)
+    return blended, transmission, (blended - dimmed).clamp_min(0)
+
+
 class PairSampler:
-    """Draws random synthetic batches from a pool of natural photos."""
+    """Draws random synthetic batches from a pool of natural photos, and real reflection layers
+    to lay over them (`settings.real_reflection_share` of the pairs, when `reflections` are given)."""
 
     def __init__(self, files: list[Path], patch: int, seed: int | tuple[int, ...] = 0,
-                 settings: SynthesisSettings = SynthesisSettings()):
+                 settings: SynthesisSettings = SynthesisSettings(),
+                 reflections: Sequence[RealReflection] = ()):
         if len(files) < 2:
             raise ValueError("need at least two natural images to synthesise pairs")
         self.images = load_images(files)
         self.patch = patch
         self.settings = settings
+        self.reflections = list(reflections)
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs, transmissions, reflections = [], [], []
-        for _ in range(batch):
-            i, j = self.rng.choice(len(self.images), size=2, replace=False)
-            t0 = random_patch(self.images[i], self.patch, self.rng)
-            r0 = random_patch(self.images[j], self.patch, self.rng)
-            blended, t, r = synthesize(t0, r0, self.rng, self.settings)
-            inputs.append(blended)
-            transmissions.append(t)
-            reflections.append(r)
-        return torch.stack(inputs), torch.stack(transmissions), torch.stack(reflections)
+    def sample(self, batch: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input, T target, R target), each (batch, 3, P, P), by the source `kind` (a model of
+        `MODEL_NAMES` or `REAL_REFLECTIONS`), or by sources drawn as `settings` mixes them."""
+        if kind == REAL_REFLECTIONS and not self.reflections:
+            raise ValueError("no real reflections to composite")
+        triples = [self._pair(kind) for _ in range(batch)]
+        return tuple(torch.stack(part) for part in zip(*triples))
+
+    def _pair(self, kind: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        share = self.settings.real_reflection_share if self.reflections else 0.0
+        if kind == REAL_REFLECTIONS or (kind is None and share and self.rng.random() < share):
+            t0 = random_patch(self.images[int(self.rng.integers(len(self.images)))], self.patch, self.rng)
+            reflection = self.reflections[int(self.rng.integers(len(self.reflections)))]
+            r0 = random_patch(reflection.layer, self.patch, self.rng)
+            return composite(t0, r0, reflection.glass_gain, self.rng, self.settings)
+        i, j = self.rng.choice(len(self.images), size=2, replace=False)
+        t0 = random_patch(self.images[i], self.patch, self.rng)
+        r0 = random_patch(self.images[j], self.patch, self.rng)
+        return synthesize(t0, r0, self.rng, self.settings, kind)
 
 
 def validation_pairs(files: list[Path], size: int, count: int, seed: int = 1234

@@ -47,7 +47,8 @@ from .losses import LossWeights, TrainingObserver, separation_loss
 from .memory import evolve_memory, evolve_memory_across_ranks
 from .perceptual import VGGFeatures
 from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
-from .synthesis import PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
+from .real_reflections import real_reflections
+from .synthesis import SYNTHESIS_PRESETS, PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
 from .validation import selection_key, validate, validate_real
 from .warm_start import warm_start
 
@@ -71,8 +72,9 @@ class TrainSettings:
     """A model file (memory banks beside it) to start from when `out` holds no run yet."""
     patch: int = 128
     batch: int = 4
-    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
-    """How training pairs are synthesised (validation pairs keep the defaults)."""
+    synthesis: SynthesisSettings = SYNTHESIS_PRESETS["structured"]
+    """How training pairs are synthesised (validation pairs keep the "veiled" models). Its real
+    reflections come from the training pairs of `real` (none without them)."""
     real: list[Path] = field(default_factory=list)
     """Folders of real pairs (`blended/`, `transmission_layer/`)."""
     real_fraction: float = 0.5
@@ -167,12 +169,13 @@ class Trainer:
         self._check_same_start()
         self.network = self.ranks.data_parallel(SeparationNetwork(self.model, self.depth_model))
         self._train_mode()
+        train_pairs, held_out = split_validation(real_pairs(settings.real), settings.real_validation)
         self.sampler = PairSampler(list_images(settings.data), settings.patch,
-                                   self.ranks.seed(settings.seed + self.step), settings.synthesis)
+                                   self.ranks.seed(settings.seed + self.step), settings.synthesis,
+                                   real_reflections(train_pairs) if settings.synthesis.real_reflection_share else ())
         self.validation = (validation_pairs(list_images([settings.validation]), settings.validation_size,
                                             settings.validation_count)
                            if settings.validation else None)
-        train_pairs, held_out = split_validation(real_pairs(settings.real), settings.real_validation)
         self.real_sampler = (RealPairSampler(train_pairs, settings.patch,
                                              self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
@@ -301,6 +304,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.log({"event": "start", "real_training": self.real_sampler.names if self.real_sampler else [],
+                  "real_reflections": [reflection.name for reflection in self.sampler.reflections],
                   "real_validation": [name for name, *_ in self.real_validation]})
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
         bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step", disable=not main)
