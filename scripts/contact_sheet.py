@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,12 @@ sys.path.insert(0, str(ROOT))
 import dmdnet  # noqa: E402
 from dmdnet.files import atomic_path  # noqa: E402
 from dmdnet.images import image_files, to_uint8  # noqa: E402
+
+TITLE_CHARACTERS_PER_INCH = 11
+"""How many characters of the 10-point title a line holds per inch of figure width, with a margin
+(the weights' label is longer than one line)."""
+TITLE_LINE_INCHES = 0.2
+"""Height of one line of the title; the header above the first row grows by it per line."""
 
 
 def main() -> None:
@@ -45,7 +52,9 @@ def main() -> None:
 
     aspects = [image.shape[0] / image.shape[1] for _, image, *_ in rows]
     caption_inches = 0.3
-    height = sum(args.width / 3 * aspect + caption_inches for aspect in aspects) + 0.7
+    title = textwrap.fill(pipe.weights.label, int(TITLE_CHARACTERS_PER_INCH * args.width))
+    header_inches = 0.5 + TITLE_LINE_INCHES * (title.count("\n") + 1)
+    height = sum(args.width / 3 * aspect + caption_inches for aspect in aspects) + header_inches
     figure, axes = plt.subplots(len(rows), 3, squeeze=False, figsize=(args.width, height),
                                 gridspec_kw={"height_ratios": aspects, "wspace": 0.02, "hspace": 0.15})
     for row, (name, image, transmission, reflection) in zip(axes, rows):
@@ -54,8 +63,8 @@ def main() -> None:
             axis.imshow(picture)
             axis.set_title(caption, fontsize=9)
             axis.set_axis_off()
-    figure.suptitle(pipe.weights.label, fontsize=10, y=1 - 0.12 / height, va="top")
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.005, top=1 - 0.7 / height)
+    figure.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.005, top=1 - header_inches / height)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as partial:
         figure.savefig(partial, format=Path(args.out).suffix.lstrip(".") or "png", dpi=110, pil_kwargs={"quality": 88})

@@ -1,4 +1,5 @@
-"""The Gradio app: helpers in-process, then every endpoint of a real server over HTTP.
+"""The Gradio app: its command line in-process, then every endpoint of a real server over HTTP
+(the callbacks' and upload checks' own tests are in tests/demo/).
 
 The server is `python app.py` on 127.0.0.1 with the seeded released-size weights, started
 once per test session (`start_app`, shared with test_browser.py) and stopped at the end.
@@ -25,6 +26,7 @@ from gradio_client.utils import QueueError
 from PIL import Image
 
 import app
+from dmdnet.demo import callbacks
 from dmdnet.demo.runs import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,63 +146,9 @@ def test_main_reports_missing_weights_without_traceback(tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
 
 
-def test_gpu_seconds_grow_with_image_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024, max_short_side=None))
-    sizes = [(32, 32), (512, 512), (1024, 1024), (3000, 2000)]
-    seconds = []
-    for width, height in sizes:
-        path = tmp_path / f"{width}.png"
-        Image.new("L", (width, height)).save(path)
-        seconds.append(app.gpu_seconds(str(path)))
-    assert seconds[0] < seconds[1] < seconds[2] == seconds[3]  # capped: big photos run downscaled
-    monkeypatch.setattr(app, "PIPELINE", SimpleNamespace(max_pixels=1024 * 1024, max_short_side=256))
-    assert seconds[0] < app.gpu_seconds(str(tmp_path / "3000.png")) < seconds[1]  # runs at 384x256
-
-
 def test_main_refuses_a_device_it_cannot_use(capsys):
     assert app.main(["--device", "no-such-device"]) == 2
     assert "--device no-such-device cannot be used" in capsys.readouterr().err
-
-
-def test_uploaded_file_refusals(images, monkeypatch):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(images["rgb"].parent))  # Gradio's upload folder
-    with pytest.raises(app.gr.Error, match="No image"):
-        app.uploaded_file(None)
-    with pytest.raises(app.gr.Error, match="not an image .*TIFF, BMP or GIF file"):
-        app.uploaded_file({"path": str(images["text"]), "orig_name": "notes.png"})
-    with pytest.raises(app.gr.Error, match="has to be uploaded"):
-        app.uploaded_file({"path": str(REPO_ROOT / "examples" / "real45_19.png")})
-    with pytest.raises(app.gr.Error, match="has to be uploaded"):
-        app.uploaded_file({"path": str(images["rgb"].parent / ".." / "elsewhere.png")})
-    with pytest.raises(app.gr.Error, match="50 MP"):
-        app.uploaded_file({"path": str(images["huge"]), "orig_name": "huge.png"})
-    with pytest.raises(app.gr.Error, match="gone.png is no longer on the server .* please upload it again"):
-        app.uploaded_file({"path": str(images["rgb"].parent / "evicted.png"), "orig_name": "gone.png"})
-    assert app.uploaded_file({"path": str(images["rgb"]), "orig_name": "a b.png"})[1] == "a b.png"
-
-
-def test_load_run_accepts_only_run_ids(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "RUNS", RunStore(tmp_path / "runs"))
-    (tmp_path / "secret").mkdir()
-    (tmp_path / "secret" / "info.json").write_text("{}")
-    for bad in ("../secret", "run-../../secret", "run-" + "0" * 32, "", None, 3):
-        with pytest.raises(app.gr.Error, match="no longer kept"):
-            app.load_run(bad)
-
-
-def test_views_of_a_lite_run_skip_the_level_without_dsmamba(lite_checkpoints, images, tmp_path, monkeypatch):
-    """DMDNet-Lite has no DSMamba at level 1: asking for it shows level 2, never an error."""
-    pipe = app.dmdnet.load_pipeline(**{k: str(v) for k, v in lite_checkpoints.items()}, device="cpu")
-    monkeypatch.setattr(app, "RUNS", RunStore(tmp_path / "runs"))
-    run = app.RUNS.save(pipe.separate(images["rgb"], diagnostics=True), "rgb.png", 0.1)
-    run_id = run.id
-    assert {view.level for view in run.scans} == {2, 3, 4, 5}
-    level, site, figure, animation = app.show_scan(run_id, 1, "T", "main:0")
-    assert level["value"] == 2 and site["value"] == "main:0"
-    assert figure.size[0] > 0 and Path(animation).is_file()
-    call, _ = app.show_experts(run_id, None)
-    chosen = run.experts[call["value"]]
-    assert (chosen.level, chosen.branch, chosen.stream) == (2, "main", "T")
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,8 +208,8 @@ def test_animated_gif_says_its_first_frame_was_used(client, images, server, monk
     assert summary["frames"] == 3 and summary["source"] == "animated.gif"
     with Image.open(transmission) as layer:
         assert layer.size == (30, 24)
-    monkeypatch.setattr(app, "RUNS", RunStore(server.runs))  # the summary line the page shows
-    assert app.show_layers(summary["run"], 0.0)[3].endswith("It has 3 frames: the first was separated.")
+    monkeypatch.setattr(callbacks, "RUNS", RunStore(server.runs))  # the summary line the page shows
+    assert callbacks.show_layers(summary["run"], 0.0)[3].endswith("It has 3 frames: the first was separated.")
 
 
 def _raw_call(url: str, value: object) -> tuple[str, dict]:

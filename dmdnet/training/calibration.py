@@ -21,9 +21,9 @@ import torch
 
 from ..checkpoints import CheckpointError, config_from_checkpoint, read_checkpoint, save_dmdnet_checkpoint
 from ..network.model import DMDNet, GlobalGain, image_statistics
-from ..network.proximity import lite_depth_model
 from ..photometry import fit_gain
 from ..pipeline import Pipeline
+from ..weights import lite_depth_model
 from .real_pairs import RealPair, real_pairs, split_validation, validation_images
 from .validation import pipeline_scores
 from .warm_start import warm_start

@@ -40,8 +40,7 @@ from ..files import Stopped, uninterrupted
 from ..network.config import DMDNetConfig
 from ..network.depth import MidasDPT
 from ..network.model import DMDNet
-from ..network.proximity import lite_depth_model
-from ..weights import MEMORY_NAME, MODEL_NAME, TRAINING_STATE_NAME, VGG_FILE
+from ..weights import MEMORY_NAME, MODEL_NAME, TRAINING_STATE_NAME, VGG_FILE, lite_depth_model
 from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .memory import evolve_memory, evolve_memory_across_ranks

