@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_path, uninterrupted
+from .files import uninterrupted, write_bytes
 from .network.config import DMDNetConfig
 from .network.depth import midas_to_ours
 from .network.imagenet_prior import lukemelas_to_timm
@@ -204,22 +204,33 @@ def load_memory_banks(model: torch.nn.Module, path: str | Path) -> None:
     model.memory.load(obj)
 
 
+def dmdnet_checkpoint(model: torch.nn.Module, **extra: object) -> tuple[dict, dict]:
+    """The released formats' contents, on the CPU: ({"network": official state dict, **extra}, the bank dict)."""
+    network = {k: v.detach().cpu() for k, v in ours_to_official(model.state_dict(), model.config).items()}
+    return {**extra, "network": network}, {k: v.detach().cpu() for k, v in model.memory.as_dict().items()}
+
+
 def save_dmdnet_checkpoint(model: torch.nn.Module, model_path: str | Path,
                            memory_path: str | Path, **extra: object) -> None:
     """Writes the released formats: {"network": official state dict, **extra} and the bank dict."""
-    network = {k: v.detach().cpu() for k, v in ours_to_official(model.state_dict(), model.config).items()}
-    save_files({model_path: {**extra, "network": network},
-                memory_path: {k: v.detach().cpu() for k, v in model.memory.as_dict().items()}})
+    save_files(dict(zip((model_path, memory_path), dmdnet_checkpoint(model, **extra))))
+
+
+def checkpoint_bytes(obj: object) -> bytes:
+    """What torch.save writes for `obj`, in memory (so that a failed write is the file system's
+    OSError, not torch's RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def save_files(contents: Mapping[str | Path, object]) -> None:
     """torch.save of each object to its path, each file written whole under a temporary name
-    and renamed into place, all of them before a SIGINT/SIGTERM stops a command."""
+    and renamed into place, all of them before a SIGINT/SIGTERM stops a command. A failed
+    write raises `dmdnet.files.WriteError` naming the file."""
     with uninterrupted():
         for path, obj in contents.items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as partial:
-                torch.save(obj, partial)
+            write_bytes(path, checkpoint_bytes(obj))
 
 
 def load_proximity_estimator(estimator: torch.nn.Module, checkpoint: Mapping, path: str | Path) -> None:

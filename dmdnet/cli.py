@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .datasets import BENCHMARK_SETS, BLENDED, LAYER_FOLDERS, dataset_pairs
-from .files import Stopped, stop_on_signals, uninterrupted
+from .files import Stopped, WriteError, remove_leftovers, stop_on_signals, uninterrupted
 from .images import image_files
 
 T = TypeVar("T")
@@ -136,7 +136,8 @@ def check_output(out: Path) -> None:
 
 
 def prepare_output(out: Path) -> None:
-    """Creates the layer folders under --out before any work, so a bad --out fails at once."""
+    """Creates the layer folders under --out before any work, so a bad --out fails at once, and
+    removes what killed runs left half-written there."""
     for folder in (out / layer for layer in LAYER_FOLDERS):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,7 @@ def prepare_output(out: Path) -> None:
             raise UsageError(f"--out {out}: cannot create {folder} ({error.strerror or error})") from None
         if not os.access(folder, os.W_OK):
             raise UsageError(f"--out {out}: {folder} is not writable")
+        remove_leftovers(folder)
 
 
 
@@ -280,6 +282,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if rows:
+        remove_leftovers(args.out)
         markdown = write_tables(rows, Path(args.out), skipped + without_truth)
         print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
         print(f"per-image scores and summary written to {args.out}/ (the pairs not scored in skipped.csv)")
@@ -320,6 +323,7 @@ def _train(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .devices import resolve_device
     from .training.losses import LossWeights
+    from .training.run_folder import RunFolderError
     from .training.trainer import Trainer, TrainSettings
 
     real_l1_t, real_l1_r, real_gradient = args.real_loss
@@ -348,16 +352,31 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     try:
         trainer = Trainer(settings)
-    except CheckpointError as error:
+    except (CheckpointError, RunFolderError) as error:
         raise UsageError(str(error)) from None
     args.progress.unit, args.progress.total = "steps", settings.steps
     try:
         trainer.run()
+    except RunFolderError as error:
+        raise UsageError(str(error)) from None
     finally:
         args.progress.done = trainer.step
+        trainer.close()
     if trainer.ranks.is_main:
         print(f"checkpoints in {settings.out}")
     return 0
+
+
+def refuse_run_folder(out: Path) -> None:
+    """Raises UsageError when --out is a training run's folder: new weights there would not
+    match its optimiser state, and the run would resume with them."""
+    from .training.run_folder import RUN_STATE_NAME
+    from .weights import TRAINING_STATE_NAME
+
+    held = [name for name in (TRAINING_STATE_NAME, RUN_STATE_NAME) if (out / name).exists()]
+    if held:
+        raise UsageError(f"--out {out} is a training run's folder (it holds {' and '.join(held)}); writing weights "
+                         "there would leave the run to resume with them: give another --out")
 
 
 def _average(args: argparse.Namespace) -> int:
@@ -366,6 +385,7 @@ def _average(args: argparse.Namespace) -> int:
     from .weights import MEMORY_NAME, MODEL_NAME
 
     runs, out = [Path(run) for run in args.runs], Path(args.out)
+    refuse_run_folder(out)
     try:
         average_checkpoints([run / MODEL_NAME for run in runs], [run / MEMORY_NAME for run in runs],
                             out / MODEL_NAME, out / MEMORY_NAME)
@@ -387,6 +407,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     missing = [str(path) for path in (model, memory, *map(Path, args.real)) if not path.exists()]
     if missing:
         raise UsageError("not found: " + ", ".join(missing))
+    refuse_run_folder(Path(args.out))
     try:
         result = calibrate_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.crops,
                                  progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image"))
@@ -533,6 +554,6 @@ def main(argv: list[str] | None = None) -> int:
             if ranks.is_main:
                 print(args.progress.stopped_line(), file=sys.stderr)
             return exit_code
-    except (UsageError, LaunchError, DeviceError) as error:
+    except (UsageError, LaunchError, DeviceError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -36,7 +36,16 @@ from .network.depth import MidasDPT
 from .network.diagnostics import Diagnostics, ForwardObserver
 from .network.model import DMDNet
 from .network.precision import cast_module, output_dtype, parse_dtype
-from .weights import DEFAULT_WEIGHTS, DEPTH_FILE, MEMORY_FILE, MODEL_FILE, WeightFile, find_weight_file, lite_depth_model
+from .weights import (
+    DEFAULT_WEIGHTS,
+    DEPTH_FILE,
+    MEMORY_FILE,
+    MEMORY_NAME,
+    MODEL_FILE,
+    WeightFile,
+    find_weight_file,
+    lite_depth_model,
+)
 
 DEFAULT_MAX_PIXELS = 2_100_000
 
@@ -169,11 +178,17 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
 def find_weights(model: str | Path | None = None, memory: str | Path | None = None,
                  depth: str | Path | None = None, hub_repo: str | None = None) -> dict[WeightFile, Path | None]:
     """The weight files `load_pipeline` would load (the depth file None where none is needed
-    or found), checked from the files alone. Raises `CheckpointError` naming every file that
-    is missing or not a checkpoint at all, in one message."""
+    or found), checked from the files alone. Without a memory bank file given, the one beside
+    the model file (its pair, as `train` and `calibrate` write them) comes before the other
+    sources. Raises `CheckpointError` naming every file that is missing or not a checkpoint at
+    all, in one message."""
     roles = ((MODEL_FILE, model), (MEMORY_FILE, memory), (DEPTH_FILE, depth))
     paths, problems = {}, {}
     for spec, explicit in roles:
+        beside_model = paths[MODEL_FILE].with_name(MEMORY_NAME) if paths.get(MODEL_FILE) else None
+        if spec is MEMORY_FILE and not explicit and beside_model and beside_model.is_file():
+            paths[spec] = beside_model
+            continue
         try:
             paths[spec] = find_weight_file(spec, explicit, hub_repo)
         except CheckpointError as error:

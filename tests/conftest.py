@@ -63,3 +63,20 @@ def seeded_pipeline_float32(seeded_checkpoints):
 def lite_checkpoints(tmp_path_factory) -> dict:
     """A randomly initialised DMDNet-Lite saved as a self-contained model file plus banks."""
     return write_lite_checkpoints(tmp_path_factory.mktemp("lite_weights"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 200 KiB tmpfs mounted at tmp_path/fs (root only; skipped elsewhere): writes there
+    fail with ENOSPC, and `mount -o remount,ro` makes it read-only."""
+    import gc
+    import subprocess
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    gc.collect()  # closes files a refused command left open there
+    subprocess.run(["umount", "-l", str(mount)], check=True)

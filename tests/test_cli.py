@@ -259,3 +259,86 @@ def test_mix_weights_are_normalised_and_checked():
     assert mix_probabilities([2, 1, 1, 0]) == (0.5, 0.25, 0.25, 0.0)
     with pytest.raises(UsageError, match="--mix"):
         mix_probabilities([1, -1, 0, 0])
+
+
+def test_separate_finds_the_memory_banks_beside_the_model(tmp_path, lite_checkpoints, monkeypatch, capsys):
+    """Issue 31 item 11: `--model RUN/model_latest.pt` alone said "no memory bank file found"."""
+    monkeypatch.delenv("DMDNET_MEMORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["separate", str(photo(tmp_path / "x.png", 0)), "--out", str(tmp_path / "out"),
+                 "--model", str(lite_checkpoints["model"]), "--device", "cpu"]) == 0
+    assert "wrote 1 of 1 images" in capsys.readouterr().out
+
+
+def test_separate_removes_only_what_ended_writers_left(tmp_path, lite_checkpoints):
+    """Issue 31 item 10: a killed writer's hidden `.NAME.<hex>.partial` files stayed for ever."""
+    from dmdnet.files import MACHINE_TAG
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    layer = tmp_path / "out" / "transmission_layer"
+    layer.mkdir(parents=True)
+    names = {"ended": f".a.png.{MACHINE_TAG}-{ended.pid}-0123abcd.partial",
+             "before_writers_were_named": ".b.png.0123456789ab.partial",
+             "alive": f".c.png.{MACHINE_TAG}-{os.getpid()}-0123abcd.partial",
+             "another_machine": f".d.png.{int(MACHINE_TAG, 16) ^ 1:08x}-{ended.pid}-0123abcd.partial"}
+    for name in names.values():
+        (layer / name).write_bytes(b"half a png")
+    assert main(["separate", str(photo(tmp_path / "x.png", 0)), "--out", str(tmp_path / "out"),
+                 "--model", str(lite_checkpoints["model"]), "--device", "cpu"]) == 0
+    assert sorted(path.name for path in layer.iterdir()) == sorted([names["alive"], names["another_machine"], "x.png"])
+
+
+@pytest.fixture
+def run_folder(tmp_path, lite_checkpoints) -> Path:
+    """A training run's folder: weights and the training state of a committed run."""
+    import shutil
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for path in lite_checkpoints.values():
+        shutil.copy(path, folder / path.name)
+    shutil.copy(REPO_ROOT / "weights" / "runs" / "issue21-prior" / "training_state.pt", folder)
+    return folder
+
+
+def test_average_and_calibrate_refuse_a_run_folder_as_out(run_folder, lite_checkpoints, capsys):
+    """Issue 31 item 8: `average A B --out B` overwrote B's weights, and B resumed with them."""
+    before = (run_folder / "model_latest.pt").read_bytes()
+    expected = (f"error: --out {run_folder} is a training run's folder (it holds training_state.pt); writing "
+                "weights there would leave the run to resume with them: give another --out\n")
+    assert main(["average", str(lite_checkpoints["model"].parent), str(run_folder), "--out", str(run_folder)]) == 2
+    assert capsys.readouterr().err == expected
+    assert main(["calibrate", "--model", str(lite_checkpoints["model"]), "--real", str(run_folder),
+                 "--out", str(run_folder)]) == 2
+    assert capsys.readouterr().err == expected
+    assert (run_folder / "model_latest.pt").read_bytes() == before
+
+
+def test_calibrate_refuses_a_training_state_as_memory_banks(run_folder, lite_checkpoints, tmp_path, capsys):
+    """Issue 31 item 7: the banks started fresh and were written out as training_state.pt."""
+    assert main(["calibrate", "--model", str(lite_checkpoints["model"]), "--memory",
+                 str(run_folder / "training_state.pt"), "--real", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"error: memory bank file {run_folder / 'training_state.pt'} does not fit the model: "
+                              "entries that are not tensors: best, optimizer, settings; missing keys: ")
+    assert printed.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_calibrate_without_pairs_names_the_folders_as_text(tmp_path, lite_checkpoints, capsys):
+    """Issue 31 item 12: the message printed `[PosixPath('...')]`. The one pair is no held-out pair."""
+    for layer in ("blended", "transmission_layer"):
+        photo(tmp_path / "pairs" / layer / "001.png", 0)
+    assert main(["calibrate", "--model", str(lite_checkpoints["model"]), "--real", str(tmp_path / "pairs"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("error: calibration needs real training pairs and the held-out validation "
+                                       f"pairs under {tmp_path / 'pairs'}\n")
+
+
+def test_average_onto_a_full_disk_is_one_line_naming_the_file(small_filesystem, lite_checkpoints, capsys):
+    """Issue 31 item 4: torch's `RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos`."""
+    folder = str(lite_checkpoints["model"].parent)
+    assert main(["average", folder, folder, "--out", str(small_filesystem / "soup")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {small_filesystem / 'soup' / 'model_latest.pt'} "
+                                       "(no space left on device)\n")
+    assert list((small_filesystem / "soup").iterdir()) == []  # no half-written file either

@@ -19,11 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import CheckpointError, config_from_checkpoint, read_checkpoint, save_dmdnet_checkpoint
+from ..checkpoints import (
+    CheckpointError,
+    config_from_checkpoint,
+    load_memory_banks,
+    read_checkpoint,
+    save_dmdnet_checkpoint,
+)
 from ..network.model import DMDNet, GlobalGain, image_statistics
 from ..photometry import fit_gain
 from ..pipeline import Pipeline
-from ..weights import lite_depth_model
+from ..weights import MEMORY_NAME, MODEL_NAME, lite_depth_model
 from .real_pairs import RealPair, real_pairs, split_validation, validation_images
 from .validation import pipeline_scores
 from .warm_start import warm_start
@@ -152,21 +158,24 @@ def calibrate_files(model_path: Path, memory_path: Path, real: list[Path], out: 
                     crops_per_pair: int = 3, device: str = "cpu", progress=None) -> Calibration:
     """Fits the gain of a DMDNet-Lite model file (one saved without a gain gets one) on the
     real pairs under `real` (`dmdnet.training.real_pairs.VALIDATION_PAIRS` held out) and writes the
-    model and memory-bank files, with the fit recorded under "global_gain_fit", into `out`."""
+    model and memory-bank files (`model_latest.pt`, `memory_banks_latest.pt`), with the fit
+    recorded under "global_gain_fit", into `out`. The memory banks must fit the model as they are."""
     checkpoint = read_checkpoint(model_path, "DMDNet model")
     if not isinstance(checkpoint, Mapping) or "proximity_estimator" not in checkpoint:
         raise CheckpointError(f"{model_path} is not a DMDNet-Lite model file (no 'proximity_estimator')")
     config = replace(config_from_checkpoint(checkpoint, model_path), global_gain=True)
     model, estimator = DMDNet(config), lite_depth_model(config)
     warm_start(model, estimator, model_path, memory_path)
+    load_memory_banks(model, memory_path)
     pipeline = Pipeline(model, estimator, device, max_short_side=checkpoint.get("trained_short_side"))
     train, validation = split_validation(real_pairs(real))
     if not train or not validation:
-        raise ValueError(f"calibration needs real training pairs and the held-out validation pairs under {real}")
+        raise ValueError("calibration needs real training pairs and the held-out validation pairs under "
+                         + ", ".join(map(str, real)))
     result = calibrate(pipeline, train, validation, crops_per_pair, progress=progress)
     extra = {k: v for k, v in checkpoint.items() if k != "network"}
     extra.update(config=config.to_dict(), global_gain_fit={
         "ridge": result.ridge, "samples": result.samples, "validation_psnr_t": result.validation_psnr[result.ridge],
         "validation_psnr_t_without_gain": result.validation_before, "validation_pairs": [p.name for p in validation]})
-    save_dmdnet_checkpoint(model.cpu(), out / model_path.name, out / memory_path.name, **extra)
+    save_dmdnet_checkpoint(model.cpu(), out / MODEL_NAME, out / MEMORY_NAME, **extra)
     return result

@@ -15,26 +15,36 @@ ranks together give. The L1 and gradient losses are per-sample means, so their a
 gradient is that of the concatenated batch; the balance, alignment and triplet terms are
 batch statistics and are taken over each process's own batch. A run resumes with any number
 of processes (`steps` counts optimiser steps, each on `batch` x processes pairs).
+
+Saves and resumes go through `dmdnet.training.run_folder`: one process holds `out`, and every
+save makes the model, memory-bank and optimiser files and `best/` current together, so that a
+run killed at any instant resumes from one consistent step. A resume keeps the run's recipe
+and refuses model changes (`dmdnet.training.resumed_settings`), and says so in one line. A
+validation's `log.jsonl` record is written after the save of its step; a resume that finds
+the record of its step missing (the process stopped between the two) validates that step again.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from ..checkpoints import (
+    CheckpointError,
+    checkpoint_bytes,
+    dmdnet_checkpoint,
     load_dmdnet_weights,
     load_memory_banks,
     load_midas_weights,
     read_checkpoint,
-    save_dmdnet_checkpoint,
-    save_files,
 )
 from ..files import Stopped, uninterrupted
 from ..network.config import DMDNetConfig
@@ -47,6 +57,19 @@ from .memory import evolve_memory, evolve_memory_across_ranks
 from .perceptual import VGGFeatures
 from .real_pairs import VALIDATION_PAIRS, RealPairSampler, real_pairs, split_validation, validation_images
 from .real_reflections import real_reflections
+from .resumed_settings import resumed_settings, saved_form
+from .run_folder import (
+    RUN_STATE_NAME,
+    Recovery,
+    RunFolderError,
+    check_free_space,
+    commit,
+    lock_run_folder,
+    logged_validation,
+    read_run_state,
+    recover,
+    trim_log,
+)
 from .synthesis import SYNTHESIS_PRESETS, PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
 from .validation import selection_key, validate, validate_real
 from .warm_start import warm_start
@@ -58,6 +81,7 @@ DEFAULT_DATA = tuple(NATURAL_PHOTOS / name for name in ("bsds500/train", "bsds50
 """Photos to synthesise training pairs from: every natural/ folder but the validation one."""
 DEFAULT_VALIDATION = NATURAL_PHOTOS / "bsds500/test"
 BEST_FOLDER = "best"
+LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -144,11 +168,16 @@ class Trainer:
     process's rank of `ranks` (all ranks of a distributed run construct one)."""
 
     def __init__(self, settings: TrainSettings, ranks: Ranks | None = None):
-        self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ranks = ranks or Ranks.current(self.device)
+        self.out = Path(settings.out)
+        self.recovery = Recovery()
+        self.run_lock = self._take_run_folder()
+        saved = self._saved_state()
+        settings, kept = resumed_settings(settings, saved.get("settings"), self.out) if saved else (settings, [])
+        self.settings = settings
         torch.manual_seed(settings.seed)  # the same initial weights for the same seed, on every rank
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth,
                                                                        settings.imagenet_prior)
@@ -158,11 +187,16 @@ class Trainer:
         self.step = 0
         self.best: dict | None = None
         """The best real-validation score so far and its step (kept in `best/`)."""
-        self.out = Path(settings.out)
-        if (self.out / MODEL_NAME).is_file():
-            self._resume()
+        self.new_best: dict[str, bytes] = {}
+        """The `best/` files of a validation, until the save of its step writes them."""
+        self.saved_step: int | None = None
+        if saved:
+            self._resume(saved)
         elif settings.init:
             self._warm_start(Path(settings.init))
+        self._check_room()
+        if self.ranks.is_main:
+            self._announce(saved, kept)
         self.model.to(self.device)
         self.depth_model.to(self.device)
         self._check_same_start()
@@ -193,15 +227,106 @@ class Trainer:
         self.model.train()
         self.depth_model.train(self.trains_depth)
 
-    def _resume(self) -> None:
+    def _raise_on_every_rank(self, problem: str | None) -> None:
+        """Raises RunFolderError on every rank when rank 0 found `problem`, so that none waits for it."""
+        problem = self.ranks.all_gather_objects(problem)[0]
+        if problem:
+            raise RunFolderError(problem)
+
+    def _take_run_folder(self) -> IO | None:
+        """Rank 0 locks `out` and brings it to its recorded step (`run_folder.recover`); the
+        open lock file, which holds the lock until `close` or the end of the process."""
+        lock, problem = None, None
+        if self.ranks.is_main:
+            try:
+                lock = lock_run_folder(self.out)
+                self.recovery = recover(self.out)
+            except RunFolderError as error:
+                problem = str(error)
+                if lock:
+                    lock.close()
+        self._raise_on_every_rank(problem)
+        return lock
+
+    def close(self) -> None:
+        """Lets another process train in `out`."""
+        if self.run_lock:
+            self.run_lock.close()
+            self.run_lock = None
+
+    def _saved_state(self) -> Mapping | None:
+        """The run's `training_state.pt`, or None when `out` holds no run yet."""
+        path = self.out / TRAINING_STATE_NAME
+        if not ((self.out / MODEL_NAME).is_file() or (self.out / RUN_STATE_NAME).is_file()):
+            return None
+        if not path.is_file():
+            raise RunFolderError(f"{self.out} holds {MODEL_NAME} but not {TRAINING_STATE_NAME}, the optimiser "
+                                 f"state to resume with (a save from before {RUN_STATE_NAME} existed was cut short); "
+                                 f"start a new --out with --init {self.out / MODEL_NAME} to go on from its weights")
+        state = read_checkpoint(path, "training state")
+        if not isinstance(state, Mapping) or not isinstance(state.get("optimizer"), Mapping):
+            raise CheckpointError(f"training state file {path} holds no optimiser state")
+        return state
+
+    def _resume(self, state: Mapping) -> None:
         extra = load_dmdnet_weights(self.model, self.out / MODEL_NAME)
         load_memory_banks(self.model, self.out / MEMORY_NAME)
         if "proximity_estimator" in extra:
             self.depth_model.load_state_dict(extra["proximity_estimator"])
-        state = read_checkpoint(self.out / TRAINING_STATE_NAME, "training state")
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"training state file {self.out / TRAINING_STATE_NAME} does not fit this run's "
+                                  f"optimiser ({(str(error).splitlines() or [''])[0]})") from None
         self.best = state.get("best")
-        self.step = int(extra.get("iterations", 0))
+        self.step = self.saved_step = int(extra.get("iterations", 0))
+        self._check_one_step(state)
+
+    def _check_one_step(self, state: Mapping) -> None:
+        """Raises RunFolderError unless the model, the optimiser state and the run record are of
+        one step, and `best/` of the best record's (a folder from before `run_state.json` can
+        hold a save cut short between its files)."""
+        optimiser_steps = [int(entry["step"]) for entry in state["optimizer"].get("state", {}).values()
+                           if "step" in entry]
+        steps = {MODEL_NAME: self.step, "the optimiser state": max(optimiser_steps, default=self.step),
+                 TRAINING_STATE_NAME: state.get("step", self.step),
+                 RUN_STATE_NAME: (read_run_state(self.out) or {}).get("step", self.step)}
+        best_file, best = self.out / BEST_FOLDER / MODEL_NAME, {}
+        if self.best and best_file.is_file():
+            best = {"the best record": self.best["step"],
+                    f"{BEST_FOLDER}/{MODEL_NAME}": read_checkpoint(best_file, "DMDNet model").get("iterations")}
+        if len(set(steps.values())) > 1 or len(set(best.values())) > 1:
+            raise RunFolderError(f"{self.out} holds files of different steps ("
+                                 + ", ".join(f"{name} {step}" for name, step in {**steps, **best}.items())
+                                 + f"): a save from before {RUN_STATE_NAME} existed was cut short; start a new --out "
+                                 f"with --init {self.out / MODEL_NAME} to go on from its weights")
+
+    def _check_room(self) -> None:
+        """Before any step: room in `out` for a save (rank 0 checks, every rank stops)."""
+        problem = None
+        if self.ranks.is_main:
+            weights = sum(t.numel() * t.element_size() for module in (self.model, self.depth_model)
+                          for t in module.state_dict().values())
+            trained = sum(p.numel() * p.element_size() for group in self.optimizer.param_groups
+                          for p in group["params"])
+            try:
+                check_free_space(self.out, 2 * weights + 2 * trained)
+            except RunFolderError as error:
+                problem = str(error)
+        self._raise_on_every_rank(problem)
+
+    def _announce(self, saved: Mapping | None, kept: list[str]) -> None:
+        """Says what the recovery did and which step and settings the run resumes with."""
+        for note in self.recovery.notes:
+            tqdm.write(f"{self.out}: {note}")
+        if saved is None:
+            return
+        trim_log(self.out / LOG_NAME, self.step)
+        source = (f"the step {RUN_STATE_NAME} records" if self.recovery.step is not None else
+                  f"{MODEL_NAME}'s step; the folder is from before {RUN_STATE_NAME}, so its files were not hashed")
+        settings = ("kept from the run, not as given: " + ", ".join(kept) if kept else
+                    "the run's settings are kept" if saved.get("settings") else "saved without its settings")
+        tqdm.write(f"resuming {self.out} at step {self.step} of {self.settings.steps} ({source}); {settings}")
 
     def _warm_start(self, model_path: Path) -> None:
         skipped = warm_start(self.model, self.depth_model if self.trains_depth else None,
@@ -210,22 +335,24 @@ class Trainer:
             tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
                        + "".join(f"\n  {name}" for name in skipped))
 
-    def save_weights(self, folder: Path) -> None:
-        """The model and memory-bank files (released formats) of the current weights."""
+    def weight_files(self, folder: str = "") -> dict[str, bytes]:
+        """The model and memory-bank files (released formats) of the current weights, named
+        relative to `out` (in `folder`), as `run_folder.commit` takes them."""
         extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
                  "trained_short_side": short_side_range(self.settings.patch)[1]}
         if self.trains_depth:
             extra["proximity_estimator"] = {k: v.detach().cpu() for k, v in self.depth_model.state_dict().items()}
-        folder.mkdir(parents=True, exist_ok=True)
-        save_dmdnet_checkpoint(self.model, folder / MODEL_NAME, folder / MEMORY_NAME, **extra)
+        names = [f"{folder}/{name}" if folder else name for name in (MODEL_NAME, MEMORY_NAME)]
+        return dict(zip(names, map(checkpoint_bytes, dmdnet_checkpoint(self.model, **extra))))
 
     def save(self) -> None:
-        """The weights and the optimiser state: each file complete, all of one step."""
+        """Makes the weights, the optimiser state and a new `best/` the run's step, together."""
         with uninterrupted():
-            self.save_weights(self.out)
-            save_files({self.out / TRAINING_STATE_NAME: {
-                "optimizer": self.optimizer.state_dict(), "best": self.best,
-                "settings": json.loads(json.dumps(asdict(self.settings), default=str))}})
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "best": self.best,
+                     "settings": saved_form(self.settings)}
+            commit(self.out, self.step, {**self.weight_files(), TRAINING_STATE_NAME: checkpoint_bytes(state),
+                                         **self.new_best})
+            self.new_best, self.saved_step = {}, self.step
 
     def sample(self) -> tuple[torch.Tensor, ...]:
         """A batch (input, T, R, real mask): `real_fraction` of it real pairs, the rest synthetic."""
@@ -273,14 +400,26 @@ class Trainer:
         best = () if self.best is None else (self.best.get("invariant_gain", -math.inf), self.best["psnr_t"])
         if key is not None and key > best:
             self.best = {"step": self.step, "invariant_gain": key[0], "psnr_t": key[1]}
-            self.save_weights(self.out / BEST_FOLDER)
+            self.new_best = self.weight_files(BEST_FOLDER)
+        return scores
+
+    def validate_and_save(self, record: dict) -> dict:
+        """Validates, saves the step (with a new `best/`), then logs `record` with the scores:
+        in that order, so that a resume never finds the record of a step it redoes."""
+        scores = self.validate()
+        self.save()
+        self.log({**record, **scores})
         return scores
 
     def log(self, record: dict) -> None:
         """Appends one record to log.jsonl (rank 0 only)."""
         if self.ranks.is_main:
-            with open(self.out / "log.jsonl", "a") as handle:
-                handle.write(json.dumps({"step": self.step, "world_size": self.ranks.world_size, **record}) + "\n")
+            try:
+                with open(self.out / LOG_NAME, "a") as handle:
+                    handle.write(json.dumps({"step": self.step, "world_size": self.ranks.world_size, **record}) + "\n")
+            except OSError as error:
+                raise RunFolderError(f"cannot write {self.out / LOG_NAME} ({(error.strerror or str(error)).lower()})"
+                                     ) from None
 
     def time_left(self, deadline: float) -> bool:
         """Before `deadline` (monotonic seconds) on every rank, so that all ranks stop together."""
@@ -294,17 +433,21 @@ class Trainer:
         try:
             self._run()
         except Stopped:
-            if self.ranks.is_main:
+            if self.ranks.is_main and self.saved_step != self.step:
                 self.save()
             raise
 
+    def _validates(self) -> bool:
+        return self.step % self.settings.validate_every == 0 and (self.validation is not None
+                                                                  or bool(self.real_validation))
+
     def _run(self) -> None:
         main = self.ranks.is_main
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
         self.log({"event": "start", "real_training": self.real_sampler.names if self.real_sampler else [],
                   "real_reflections": [reflection.name for reflection in self.sampler.reflections],
                   "real_validation": [name for name, *_ in self.real_validation]})
+        if main and self.step and self._validates() and not logged_validation(self.out / LOG_NAME, self.step):
+            self.validate_and_save({"revalidated_on_resume": True})
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
         bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step", disable=not main)
         while self.step < self.settings.steps and self.time_left(deadline):
@@ -312,18 +455,16 @@ class Trainer:
                 parts = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}")
-            if self.step % self.settings.validate_every == 0 and (self.validation is not None
-                                                                  or self.real_validation):
+            if self._validates():
                 parts = self.ranks.mean_of(parts)
                 if main:
-                    scores = self.validate()
-                    self.log({"train": parts, **scores})
+                    scores = self.validate_and_save({"train": parts})
                     bar.write(f"step {self.step}: " + "; ".join(
                         f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
                         f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})"
                         for kind, s in scores.items()))
-            if self.step % self.settings.save_every == 0 and main:
+            elif self.step % self.settings.save_every == 0 and main:
                 self.save()
         bar.close()
-        if main:
+        if main and self.saved_step != self.step:
             self.save()

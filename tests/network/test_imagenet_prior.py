@@ -98,7 +98,6 @@ def test_encoder_does_not_change_in_a_training_step(tmp_path):
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert any(not torch.equal(v, head_before[k]) for k, v in trainer.depth_model.state_dict().items())
-    trainer.out.mkdir(parents=True)
     trainer.save()
 
     import dmdnet

@@ -26,8 +26,8 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
     changed = [k for k, v in trainer.model.memory.as_dict().items() if not torch.equal(v, banks_before[k])]
     assert changed, "memory banks should evolve during training"
-    trainer.out.mkdir(parents=True)
     trainer.save()
+    trainer.close()
 
     pipe = dmdnet.load_pipeline(model=settings.out / MODEL_NAME, memory=settings.out / MEMORY_NAME,
                                 device="cpu")
