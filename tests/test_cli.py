@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from support import REPO_ROOT
 
-from dmdnet.cli import UsageError, main, mix_probabilities, output_names
+from dmdnet.cli import UsageError, build_parser, main, mix_probabilities, output_names, synthesis_settings
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (18, 26)) -> Path:
@@ -259,6 +259,22 @@ def test_mix_weights_are_normalised_and_checked():
     assert mix_probabilities([2, 1, 1, 0]) == (0.5, 0.25, 0.25, 0.0)
     with pytest.raises(UsageError, match="--mix"):
         mix_probabilities([1, -1, 0, 0])
+
+
+def test_synthesis_options_change_one_part_of_the_named_synthesis():
+    from dataclasses import replace
+
+    from dmdnet.training.synthesis import SYNTHESIS_PRESETS
+
+    def settings(*options: str):
+        return synthesis_settings(build_parser().parse_args(["train", "--out", "x", *options]))
+
+    assert settings() == SYNTHESIS_PRESETS["structured"] and settings().real_reflection_share == 0.5
+    assert settings("--synthesis", "veiled", "--real-reflections", "0.25", "--strength", "0.1", "0.2") == replace(
+        SYNTHESIS_PRESETS["veiled"], real_reflection_share=0.25, strength=(0.1, 0.2))
+    assert settings("--mix", "1", "1", "0", "0", "2").model_probabilities == (0.25, 0.25, 0, 0, 0.5)
+    with pytest.raises(UsageError, match=r"--real-reflections must lie in \[0, 1\]"):
+        settings("--real-reflections", "1.5")
 
 
 def test_separate_finds_the_memory_banks_beside_the_model(tmp_path, lite_checkpoints, monkeypatch, capsys):

@@ -59,6 +59,8 @@ def test_trainer_holds_out_the_fixed_split_of_the_real_training_pairs(tmp_path):
     assert validated == set(VALIDATION_PAIRS)
     assert not validated & set(trainer.real_sampler.names)
     assert len(trainer.real_sampler.names) == 82 - len(VALIDATION_PAIRS)
+    # the default synthesis lays the training pairs' reflections over natural photos, never the held-out ones'
+    assert [reflection.name for reflection in trainer.sampler.reflections] == trainer.real_sampler.names
 
 
 def test_real_crops_cut_blended_and_transmission_alike(tmp_path):
