@@ -314,7 +314,7 @@ def run_folder(tmp_path, lite_checkpoints) -> Path:
     folder.mkdir()
     for path in lite_checkpoints.values():
         shutil.copy(path, folder / path.name)
-    shutil.copy(REPO_ROOT / "weights" / "runs" / "issue21-prior" / "training_state.pt", folder)
+    shutil.copy(REPO_ROOT / "weights" / "runs" / "structured-matched-lr1e-3" / "training_state.pt", folder)
     return folder
 
 

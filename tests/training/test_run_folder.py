@@ -239,7 +239,7 @@ def test_a_training_state_of_another_configuration_is_named(finished_run, tiny_d
 
     from dmdnet.cli import main
 
-    foreign = REPO_ROOT / "weights" / "runs" / "issue21-prior" / TRAINING_STATE_NAME
+    foreign = REPO_ROOT / "weights" / "runs" / "structured-matched-lr1e-3" / TRAINING_STATE_NAME
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     shutil.copy(foreign, out / TRAINING_STATE_NAME)
@@ -271,8 +271,8 @@ def test_a_committed_run_from_before_run_state_resumes(tmp_path, capsys):
 
     if not (SHARED / "data" / "real_train" / "zhang_real82").is_dir():
         pytest.skip("the run's real pairs (../shared/data/real_train) are not here")
-    out = tmp_path / "issue21-matched"
-    shutil.copytree(REPO_ROOT / "weights" / "runs" / "issue21-matched", out)
+    out = tmp_path / "veiled-matched-lr4e-4"
+    shutil.copytree(REPO_ROOT / "weights" / "runs" / "veiled-matched-lr4e-4", out)
     assert main(["train", "--out", str(out), "--imagenet-prior", "--steps", "5196", "--threads", "1",
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
