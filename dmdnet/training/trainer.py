@@ -450,11 +450,15 @@ class Trainer:
             self.validate_and_save({"revalidated_on_resume": True})
         deadline = time.monotonic() + 60 * self.settings.minutes if self.settings.minutes else math.inf
         bar = tqdm(total=self.settings.steps, initial=self.step, desc="training", unit="step", disable=not main)
+        crops_per_s = None  # training throughput of every rank together, smoothed over about ten steps
         while self.step < self.settings.steps and self.time_left(deadline):
+            started = time.perf_counter()
             with uninterrupted():
                 parts = self.train_step()
+            current = self.settings.batch * self.ranks.world_size / (time.perf_counter() - started)
+            crops_per_s = current if crops_per_s is None else 0.9 * crops_per_s + 0.1 * current
             bar.update(1)
-            bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}")
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", l1_t=f"{parts['l1_t']:.4f}", crops_s=f"{crops_per_s:.2f}")
             if self._validates():
                 parts = self.ranks.mean_of(parts)
                 if main:
