@@ -337,7 +337,7 @@ def test_calibrate_refuses_a_training_state_as_memory_banks(run_folder, lite_che
                  str(run_folder / "training_state.pt"), "--real", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     printed = capsys.readouterr().err
     assert printed.startswith(f"error: memory bank file {run_folder / 'training_state.pt'} does not fit the model: "
-                              "entries that are not tensors: best, optimizer, settings; missing keys: ")
+                              "entries that are not tensors: best, optimizer, settings, step; missing keys: ")
     assert printed.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
