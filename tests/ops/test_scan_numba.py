@@ -99,6 +99,18 @@ def test_gradients_match_reference(two_threads, batch, groups, length, delta_sof
         assert relative_error(actual[name], expected[name]) < 1e-9, name
 
 
+def test_gradients_keep_every_decay_whatever_the_chunk(monkeypatch):
+    """A forward that needs gradients computes all decays at once and hands them to the backward,
+    which no longer recomputes them: a one-step chunk size must not cut them short."""
+    inputs = make_inputs(batch=2, groups=2, length=150, seed=5)
+    monkeypatch.setattr(scan_numba, "DECAY_CHUNK_ELEMENTS", 1)
+    weights = torch.randn(2, 4, 150, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = gradients(selective_scan_reference, inputs, weights)
+    actual = gradients(selective_scan_numba, inputs, weights)
+    for name in GRAD_NAMES:
+        assert relative_error(actual[name], expected[name]) < 1e-9, name
+
+
 def test_gradients_without_optional_inputs():
     inputs = make_inputs(length=19)
     inputs.update(D=None, delta_bias=None)
