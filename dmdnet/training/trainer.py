@@ -372,16 +372,21 @@ class Trainer:
         mask = torch.arange(size) >= size - real
         return (*(torch.cat(tensors) for tensors in zip(*parts)), mask)
 
-    def train_step(self, batch: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
-        """One optimiser step on `batch` (input, T, R[, real mask]), or on a fresh batch."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, self.settings)
-        batch = batch if batch is not None else self.sample()
+    def batch_loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float], TrainingObserver]:
+        """The training loss of `batch` (input, T, R[, real mask]), its named parts, and the observer
+        that recorded the forward's memory reads."""
         inputs, t_target, r_target = (x.to(self.device) for x in batch[:3])
         real = batch[3] if len(batch) > 3 else None
         observer = TrainingObserver()
         t, r = self.network(inputs, observer)
         loss, parts = separation_loss(t, r, t_target, r_target, observer, self.settings.loss, real, self.vgg)
+        return loss, parts, observer
+
+    def train_step(self, batch: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
+        """One optimiser step on `batch` (input, T, R[, real mask]), or on a fresh batch."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.settings)
+        loss, parts, observer = self.batch_loss(batch if batch is not None else self.sample())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],

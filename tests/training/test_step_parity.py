@@ -16,7 +16,7 @@ from support import SHARED
 
 from dmdnet.ops.scan import SCAN_IMPL_ENV, scan_backend
 from dmdnet.ops.scan_numba import numba_unavailable_reason
-from dmdnet.training.losses import LossWeights, TrainingObserver, separation_loss
+from dmdnet.training.losses import LossWeights
 from dmdnet.training.trainer import Trainer, TrainSettings
 
 pytestmark = pytest.mark.skipif(bool(numba_unavailable_reason()), reason="needs numba")
@@ -28,10 +28,7 @@ REAL_PAIRS = SHARED / "data" / "real_train" / "zhang_real82"
 
 def loss_and_gradients(trainer: Trainer, batch: tuple[torch.Tensor, ...]) -> tuple[float, dict[str, torch.Tensor]]:
     """The training loss of `batch` and its gradients, without an optimiser step."""
-    inputs, t_target, r_target, real = batch
-    observer = TrainingObserver()
-    t, r = trainer.network(inputs, observer)
-    loss, _ = separation_loss(t, r, t_target, r_target, observer, trainer.settings.loss, real, trainer.vgg)
+    loss = trainer.batch_loss(batch)[0]
     named = [(name, p) for name, p in trainer.model.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     return loss.item(), {name: g for (name, _), g in zip(named, grads) if g is not None}
