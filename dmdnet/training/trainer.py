@@ -386,14 +386,15 @@ class Trainer:
         """One optimiser step on `batch` (input, T, R[, real mask]), or on a fresh batch."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.settings)
-        loss, parts, observer = self.batch_loss(batch if batch is not None else self.sample())
+        batch = batch if batch is not None else self.sample()
+        loss, parts, observer = self.batch_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                  self.settings.grad_clip)
         self.optimizer.step()
         if self.ranks.distributed:
-            evolve_memory_across_ranks(observer.reads, list(self.model.memory.buffers()), len(inputs),
+            evolve_memory_across_ranks(observer.reads, list(self.model.memory.buffers()), len(batch[0]),
                                                 self.ranks.all_gather)
         else:
             evolve_memory(observer.reads)
