@@ -347,7 +347,7 @@ def _train(args: argparse.Namespace) -> int:
         patch=args.patch, batch=args.batch,
         synthesis=synthesis,
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
-        loss=loss, imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg),
+        loss=loss, imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg), perceptual_dtype=args.perceptual_dtype,
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     try:
@@ -480,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the VGG19 perceptual term on real pairs")
     train.add_argument("--vgg", default=str(VGG_FILE),
                        help="VGG19 weights up to relu3_1, for the perceptual term")
+    train.add_argument("--perceptual-dtype", choices=["float32", "bfloat16"], default=TrainSettings.perceptual_dtype,
+                       help="the perceptual term's convolutions in float32 or under bfloat16 autocast (1.75x "
+                            "faster on CPUs with AVX-512 BF16; gradients a few percent off float32's)")
     train.add_argument("--imagenet-prior", action="store_true",
                        help="feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features and learn its "
                             f"proximity map on them (needs the {IMAGENET_PACKAGE} package)")

@@ -1,6 +1,6 @@
 """CPU benchmark of a training step of the default recipe (prints numbers; not a test).
 
-    python scripts/benchmark_training.py [--threads 1 2] [--repeats 7] [--json FILE]
+    python scripts/benchmark_training.py [--threads 1 2] [--repeats 7] [--perceptual-dtype bfloat16] [--json FILE]
 
 The recipe is the shipped default's (DMDNet-Lite with the frozen ImageNet prior, batch 4 of
 128 px crops, half real pairs, matched losses with the VGG term on real pairs; see
@@ -83,12 +83,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--perceptual-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the VGG term's convolutions (train --perceptual-dtype)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     os.chdir(REPO_ROOT)  # the data paths are relative to the repository, as in the CLI's defaults
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        trainer = Trainer(TrainSettings(out=Path(out), data=list(DEFAULT_DATA), validation=None, **RECIPE))
+        trainer = Trainer(TrainSettings(out=Path(out), data=list(DEFAULT_DATA), validation=None,
+                                        perceptual_dtype=args.perceptual_dtype, **RECIPE))
         print(f"trainer built in {time.perf_counter() - start:.1f} s; torch {torch.__version__}")
         inputs = trainer.sample()[0]
         gflop = forward_gflop(trainer, inputs)

@@ -50,6 +50,7 @@ from ..files import Stopped, uninterrupted
 from ..network.config import DMDNetConfig
 from ..network.depth import MidasDPT
 from ..network.model import DMDNet
+from ..network.precision import parse_dtype
 from ..weights import MEMORY_NAME, MODEL_NAME, TRAINING_STATE_NAME, VGG_FILE, lite_depth_model
 from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
@@ -109,6 +110,9 @@ class TrainSettings:
     """Feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features (`DMDNetConfig.imagenet_prior`)."""
     vgg: Path = VGG_FILE
     """VGG19 weights for the perceptual term (read only when a perceptual weight is not zero)."""
+    perceptual_dtype: str = "float32"
+    """The perceptual term's convolutions in "float32" or "bfloat16" (autocast; opt-in, see
+    `dmdnet.training.perceptual`)."""
     steps: int = 20000
     lr: float = 4e-4
     min_lr: float = 2e-5
@@ -222,7 +226,7 @@ class Trainer:
                                              self.ranks.seed(settings.seed + self.step + 1))
                              if settings.real and settings.real_fraction > 0 else None)
         self.real_validation = validation_images(held_out)
-        self.vgg = (VGGFeatures(settings.vgg).to(self.device)
+        self.vgg = (VGGFeatures(settings.vgg, parse_dtype(settings.perceptual_dtype)).to(self.device)
                     if settings.loss.uses_perceptual(self.real_sampler is not None) else None)
 
     def _check_same_start(self) -> None:

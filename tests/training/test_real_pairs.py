@@ -125,6 +125,29 @@ def test_matched_real_loss_ignores_a_per_channel_gain_and_offset():
     assert wrong["real_l1_t"] > 0.05 and wrong["real_perceptual"] > 0.05
 
 
+def test_bfloat16_perceptual_term_stays_near_float32():
+    """`--perceptual-dtype bfloat16` changes the VGG's arithmetic, not the term: loss and the
+    gradient it sends back to T within a few percent of float32's, the result in T's dtype."""
+    from dmdnet.training.perceptual import VGGFeatures, perceptual_loss
+    from dmdnet.weights import VGG_FILE
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 64, 64, generator=generator)
+    prediction = (target + 0.1 * torch.randn(2, 3, 64, 64, generator=generator)).clamp(0, 1)
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        vgg = VGGFeatures(SHARED / VGG_FILE.relative_to("../shared"), compute_dtype=dtype)
+        leaf = prediction.clone().requires_grad_()
+        loss = perceptual_loss(vgg, leaf, target)
+        loss.sum().backward()
+        results[dtype] = (loss.detach(), leaf.grad)
+    assert results[torch.bfloat16][0].dtype == torch.float32
+    (loss32, grad32), (loss16, grad16) = results[torch.float32], results[torch.bfloat16]
+    assert torch.allclose(loss16, loss32, rtol=0.02), (loss16, loss32)
+    assert (grad16 - grad32).norm() < 0.1 * grad32.norm()
+    assert not torch.equal(grad16, grad32)
+
+
 def test_fit_gap_splits_evaluate_scores_into_training_and_held_out_pairs(tmp_path):
     """scripts/fit_gap.py puts exactly the VALIDATION_PAIRS on the held-out side."""
     spec = importlib.util.spec_from_file_location("fit_gap", REPO_ROOT / "scripts" / "fit_gap.py")
