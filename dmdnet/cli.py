@@ -337,8 +337,13 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
                              "--perceptual 0 --real-perceptual 0 trains without it)")
 
+    def check_fine_semantic() -> None:
+        if args.fine_semantic and not args.imagenet_prior:
+            raise UsageError("--fine-semantic feeds the ImageNet prior's features to levels 1 and 2: "
+                             "add --imagenet-prior")
+
     synthesis, *_ = check_all(lambda: synthesis_settings(args), lambda: resolve_device(args.device),
-                              lambda: check_fraction(args.real_fraction), check_vgg)
+                              lambda: check_fraction(args.real_fraction), check_vgg, check_fine_semantic)
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -347,7 +352,8 @@ def _train(args: argparse.Namespace) -> int:
         patch=args.patch, batch=args.batch,
         synthesis=synthesis,
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
-        loss=loss, imagenet_prior=args.imagenet_prior, vgg=Path(args.vgg), perceptual_dtype=args.perceptual_dtype,
+        loss=loss, imagenet_prior=args.imagenet_prior, fine_semantic=args.fine_semantic, vgg=Path(args.vgg),
+        perceptual_dtype=args.perceptual_dtype,
         steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     try:
@@ -486,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--imagenet-prior", action="store_true",
                        help="feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features and learn its "
                             f"proximity map on them (needs the {IMAGENET_PACKAGE} package)")
+    train.add_argument("--fine-semantic", action="store_true",
+                       help="with --imagenet-prior, feed its finest (stride 4) features to DMDNet-Lite's levels 1 "
+                            "and 2 too, which the depth-semantic branch does not reach (hypercolumns)")
     train.add_argument("--preset", choices=list(PRESETS), default=TrainSettings.preset)
     train.add_argument("--depth", help="MiDaS file, for the released preset")
     train.add_argument("--init", help="start a new run from this model file (memory_banks_latest.pt beside "

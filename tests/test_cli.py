@@ -277,6 +277,14 @@ def test_synthesis_options_change_one_part_of_the_named_synthesis():
         settings("--real-reflections", "1.5")
 
 
+def test_fine_semantic_without_the_imagenet_prior_is_one_line_and_creates_nothing(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--fine-semantic", "--steps", "1"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == ("error: --fine-semantic feeds the ImageNet prior's features to levels 1 and 2: "
+                           "add --imagenet-prior\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_separate_finds_the_memory_banks_beside_the_model(tmp_path, lite_checkpoints, monkeypatch, capsys):
     """Issue 31 item 11: `--model RUN/model_latest.pt` alone said "no memory bank file found"."""
     monkeypatch.delenv("DMDNET_MEMORY", raising=False)

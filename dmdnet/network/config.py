@@ -44,6 +44,10 @@ class DMDNetConfig:
     """DMDNet-Lite's depth-semantic branch reads frozen ImageNet EfficientNet-Lite0 features and its
     proximity map comes from a head on them (`dmdnet.network.imagenet_prior.ImageNetProximity`), as the
     released model reads MiDaS; without it a small estimator learns both from scratch."""
+    fine_semantic: bool = False
+    """The depth model's finest features (stride 4), upsampled, also feed levels 1 and 2, which the
+    depth-semantic branch (levels 3-5) does not reach: hypercolumns of semantic features at every
+    level, as ERRNet feeds VGG features at full resolution. DMDNet-Lite only; off in the presets."""
 
     @classmethod
     def released(cls) -> "DMDNetConfig":
@@ -61,9 +65,11 @@ class DMDNetConfig:
                    decoder_blocks=(1, 1, 1, 1), final_blocks=1, depth_feature_channels=(16, 24, 32),
                    transmission_skip=True)
 
-    def with_imagenet_prior(self) -> "DMDNetConfig":
-        """This configuration fed by the frozen ImageNet encoder (its 24/40/112 feature channels)."""
-        return replace(self, imagenet_prior=True, depth_feature_channels=IMAGENET_FEATURE_CHANNELS)
+    def with_imagenet_prior(self, fine_semantic: bool = False) -> "DMDNetConfig":
+        """This configuration fed by the frozen ImageNet encoder (its 24/40/112 feature channels),
+        at levels 1 and 2 too with `fine_semantic`."""
+        return replace(self, imagenet_prior=True, depth_feature_channels=IMAGENET_FEATURE_CHANNELS,
+                       fine_semantic=fine_semantic)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,8 @@ from .mugi import DualStreamEncoder, MuGIStack
 
 Streams = tuple[torch.Tensor, torch.Tensor]
 DEPTH_BRANCH_LEVELS = (3, 4, 5)
+FINE_SEMANTIC_LEVELS = (1, 2)
+"""Levels that `DMDNetConfig.fine_semantic` feeds the depth model's stride-4 features to."""
 
 
 class DepthInputs(Protocol):
@@ -150,6 +152,19 @@ class GlobalGain(nn.Module):
         return torch.exp(log_gain)[:, :, None, None].to(image.dtype)
 
 
+def fine_semantic_projections(config: DMDNetConfig) -> nn.ModuleList:
+    """The 1x1 convolutions of `DMDNetConfig.fine_semantic`, zero (the network starts as it would
+    without them) and made without drawing from torch's generator, so that a run with them starts
+    from the same weights as one without: an A/B that changes one thing."""
+    with torch.random.fork_rng(devices=[]):
+        projections = nn.ModuleList(nn.Conv2d(config.depth_feature_channels[0], config.dims[level - 1], 1)
+                                    for level in FINE_SEMANTIC_LEVELS)
+    for projection in projections:
+        nn.init.zeros_(projection.weight)
+        nn.init.zeros_(projection.bias)
+    return projections
+
+
 class DMDNet(nn.Module):
     """Maps a padded image and its depth features to transmission and reflection layers."""
 
@@ -178,6 +193,7 @@ class DMDNet(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.global_gain = GlobalGain() if config.global_gain else None
         self.memory = MemoryBanks(config)
+        self.fine_semantic_proj = fine_semantic_projections(config) if config.fine_semantic else None
 
     def _bank_pair(self, t_name: str, r_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.memory.get(t_name), self.memory.get(r_name)
@@ -208,9 +224,11 @@ class DMDNet(nn.Module):
                      semantic: torch.Tensor | None, proximity: torch.Tensor,
                      observer: ForwardObserver | None) -> Streams:
         """What the DM stack of `level` starts from: the upsampled coarser result plus the
-        encoder's features, or, at levels 3-5, plus the depth-semantic branch's outputs."""
+        encoder's features (and, with `fine_semantic`, the semantic features at levels 1-2), or, at
+        levels 3-5, plus the depth-semantic branch's outputs."""
         if level not in DEPTH_BRANCH_LEVELS:
-            return decoded[0] + encoded[0], decoded[1] + encoded[1]
+            x_t, x_r = decoded[0] + encoded[0], decoded[1] + encoded[1]
+            return (x_t, x_r) if semantic is None else (x_t + semantic, x_r + semantic)
         (a_t, b_t), (a_r, b_r) = self._depth_branch(level, semantic, encoded, proximity, observer)
         if decoded is None:
             return a_t + b_t, a_r + b_r
@@ -228,6 +246,11 @@ class DMDNet(nn.Module):
                 DEPTH_BRANCH_LEVELS, self.depth_semantic_proj,
                 (depth.layer1, depth.layer2, depth.layer3))
         }
+        if self.fine_semantic_proj is not None:
+            for level, proj in zip(FINE_SEMANTIC_LEVELS, self.fine_semantic_proj):
+                size = (image.shape[-2] >> (level - 1), image.shape[-1] >> (level - 1))
+                upsampled = F.interpolate(depth.layer1, size=size, mode="bilinear", align_corners=False)
+                semantic[level] = lrelu(proj(upsampled))
         proximity = self._proximity_pyramid(depth.depth)
         encoded = self.encoder(image)
 
@@ -325,7 +348,7 @@ def _official_name(key: str, config: DMDNetConfig) -> str:
          lambda m: f"MuGIBlock_level{int(m[1]) + 1}.{m[2]}.{_local(_MUGI_NAMES, m[3])}"),
         (r"final_mugi\.(\d+)\.(.+)", lambda m: f"MuGIBlock_last.{m[1]}.{_local(_MUGI_NAMES, m[2])}"),
         (r"head\.(.+)", lambda m: f"out.seq.0.{m[1]}"),
-        (r"global_gain\.(.+)", lambda m: m[0]),  # DMDNet-Lite only: no released name
+        (r"(global_gain|fine_semantic_proj)\.(.+)", lambda m: m[0]),  # DMDNet-Lite only: no released name
     ]
     for pattern, rename in rules:
         match = re.fullmatch(pattern, key)

@@ -2,7 +2,7 @@
 
 `train` saves its settings in `training_state.pt` ("settings"). On resume:
 
-* the model and the scale it trains at cannot change: `preset`, `imagenet_prior`, `patch`
+* the model and the scale it trains at cannot change: `preset`, `imagenet_prior`, `fine_semantic`, `patch`
   and `depth` (compared by file name, so that the MiDaS file may move) given otherwise end
   the command with one line naming each, with the run's value and the given one;
 * how long and where it runs is taken as given: `steps`, `minutes`, `threads`, `device`,
@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from .run_folder import RunFolderError
 
-MODEL_SETTINGS = {"preset": "the model", "imagenet_prior": "the model", "depth": "the model",
-                  "patch": "the scale the weights are trained at"}
+MODEL_SETTINGS = {"preset": "the model", "imagenet_prior": "the model", "fine_semantic": "the model",
+                  "depth": "the model", "patch": "the scale the weights are trained at"}
 """Settings a resume refuses to change, with what they decide."""
 TAKEN_AS_GIVEN = ("out", "init", "steps", "minutes", "threads", "device", "validate_every", "save_every")
 

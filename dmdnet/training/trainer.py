@@ -108,6 +108,8 @@ class TrainSettings:
     loss: LossWeights = field(default_factory=LossWeights)
     imagenet_prior: bool = False
     """Feed DMDNet-Lite frozen ImageNet EfficientNet-Lite0 features (`DMDNetConfig.imagenet_prior`)."""
+    fine_semantic: bool = False
+    """With `imagenet_prior`, feed its finest features to levels 1 and 2 too (`DMDNetConfig.fine_semantic`)."""
     vgg: Path = VGG_FILE
     """VGG19 weights for the perceptual term (read only when a perceptual weight is not zero)."""
     perceptual_dtype: str = "float32"
@@ -128,14 +130,16 @@ class TrainSettings:
     threads: int | None = None
 
 
-def build_models(preset: str, depth: Path | None, imagenet_prior: bool = False
+def build_models(preset: str, depth: Path | None, imagenet_prior: bool = False, fine_semantic: bool = False
                  ) -> tuple[DMDNet, nn.Module, bool]:
     """(network, depth model, whether the depth model trains)."""
     config = PRESETS[preset]()
+    if fine_semantic and not imagenet_prior:
+        raise ValueError("--fine-semantic feeds the ImageNet prior's features to levels 1 and 2: add --imagenet-prior")
     if imagenet_prior:
         if preset != "lite":
             raise ValueError("the ImageNet prior replaces DMDNet-Lite's proximity estimator: use --preset lite")
-        config = config.with_imagenet_prior()
+        config = config.with_imagenet_prior(fine_semantic)
     model = DMDNet(config)
     if preset == "lite":
         return model, lite_depth_model(config), True
@@ -192,7 +196,7 @@ class Trainer:
         self.settings = settings
         torch.manual_seed(settings.seed)  # the same initial weights for the same seed, on every rank
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth,
-                                                                       settings.imagenet_prior)
+                                                                       settings.imagenet_prior, settings.fine_semantic)
         params = [p for p in self.model.parameters() if p.requires_grad] + (
             [p for p in self.depth_model.parameters() if p.requires_grad] if self.trains_depth else [])
         self.optimizer = torch.optim.Adam(params, lr=settings.lr)

@@ -105,3 +105,38 @@ def test_encoder_does_not_change_in_a_training_step(tmp_path):
                                 device="cpu")
     assert "EfficientNet-Lite0" in pipe.weights.label and pipe.model.config.imagenet_prior
     assert torch.isfinite(pipe.separate(torch.rand(3, 64, 64)).transmission).all()
+
+
+def test_fine_semantic_starts_as_the_network_without_it_then_learns(tmp_path):
+    """`--fine-semantic` adds only its projections (zero, no draw from the generator), so an A/B
+    starts from the same weights; training moves them and a saved run loads with them."""
+    from dmdnet.training.trainer import Trainer, TrainSettings, build_models
+
+    torch.manual_seed(21)
+    plain, plain_depth, _ = build_models("lite", None, imagenet_prior=True)
+    torch.manual_seed(21)
+    fine, fine_depth, _ = build_models("lite", None, imagenet_prior=True, fine_semantic=True)
+    plain_state, fine_state = plain.state_dict(), fine.state_dict()
+    assert sorted(set(fine_state) - set(plain_state)) == [f"fine_semantic_proj.{i}.{part}" for i in (0, 1)
+                                                           for part in ("bias", "weight")]
+    for key, value in plain_state.items():
+        assert torch.equal(value, fine_state[key]), key
+    for key, value in plain_depth.state_dict().items():
+        assert torch.equal(value, fine_depth.state_dict()[key]), key
+    with pytest.raises(ValueError, match="--imagenet-prior"):
+        build_models("lite", None, fine_semantic=True)
+
+    photos = SHARED / "data" / "natural" / "bsds500" / "val"
+    settings = TrainSettings(out=tmp_path / "run", data=[photos], patch=64, batch=2, steps=6, lr=1e-3,
+                             warmup=1, threads=2, imagenet_prior=True, fine_semantic=True)
+    trainer = Trainer(settings)
+    for _ in range(6):
+        trainer.train_step()
+    assert all(projection.weight.abs().sum() > 0 for projection in trainer.model.fine_semantic_proj)
+    trainer.save()
+
+    import dmdnet
+    pipe = dmdnet.load_pipeline(model=settings.out / "model_latest.pt", memory=settings.out / "memory_banks_latest.pt",
+                                device="cpu")
+    assert pipe.model.config.fine_semantic
+    assert torch.equal(pipe.model.fine_semantic_proj[0].weight, trainer.model.fine_semantic_proj[0].weight)
