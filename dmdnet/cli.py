@@ -324,7 +324,7 @@ def _train(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .training.losses import LossWeights
     from .training.run_folder import RunFolderError
-    from .training.trainer import Trainer, TrainSettings
+    from .training.trainer import Trainer, TrainSettings, check_fine_semantic
 
     real_l1_t, real_l1_r, real_gradient = args.real_loss
     loss = LossWeights(real_l1_t=real_l1_t, real_l1_r=real_l1_r, real_gradient=real_gradient,
@@ -337,13 +337,9 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--vgg {args.vgg}: VGG19 file not found (needed by the perceptual term; "
                              "--perceptual 0 --real-perceptual 0 trains without it)")
 
-    def check_fine_semantic() -> None:
-        if args.fine_semantic and not args.imagenet_prior:
-            raise UsageError("--fine-semantic feeds the ImageNet prior's features to levels 1 and 2: "
-                             "add --imagenet-prior")
-
     synthesis, *_ = check_all(lambda: synthesis_settings(args), lambda: resolve_device(args.device),
-                              lambda: check_fraction(args.real_fraction), check_vgg, check_fine_semantic)
+                              lambda: check_fraction(args.real_fraction), check_vgg,
+                              lambda: check_fine_semantic(args.imagenet_prior, args.fine_semantic))
 
     settings = TrainSettings(
         out=Path(args.out), data=[Path(p) for p in args.data],
@@ -430,6 +426,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_MAX_PIXELS
     from .training.losses import LossWeights
+    from .training.perceptual import PERCEPTUAL_DTYPES
     from .training.synthesis import SYNTHESIS_PRESETS
     from .training.trainer import DEFAULT_DATA, DEFAULT_VALIDATION, PRESETS, TrainSettings
     from .weights import IMAGENET_PACKAGE, VGG_FILE
@@ -486,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the VGG19 perceptual term on real pairs")
     train.add_argument("--vgg", default=str(VGG_FILE),
                        help="VGG19 weights up to relu3_1, for the perceptual term")
-    train.add_argument("--perceptual-dtype", choices=["float32", "bfloat16"], default=TrainSettings.perceptual_dtype,
+    train.add_argument("--perceptual-dtype", choices=PERCEPTUAL_DTYPES, default=TrainSettings.perceptual_dtype,
                        help="the perceptual term's convolutions in float32 or under bfloat16 autocast (1.75x "
                             "faster on CPUs with AVX-512 BF16; gradients a few percent off float32's)")
     train.add_argument("--imagenet-prior", action="store_true",

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmark import matmul_gflops  # noqa: E402 - scripts/ is this script's own folder on sys.path
 
 from dmdnet.training.losses import LossWeights, TrainingObserver  # noqa: E402
+from dmdnet.training.perceptual import PERCEPTUAL_DTYPES  # noqa: E402
 from dmdnet.files import write_text  # noqa: E402
 from dmdnet.training.trainer import DEFAULT_DATA, NATURAL_PHOTOS, Trainer, TrainSettings  # noqa: E402
 
@@ -83,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--perceptual-dtype", choices=["float32", "bfloat16"], default="float32",
+    parser.add_argument("--perceptual-dtype", choices=PERCEPTUAL_DTYPES, default=TrainSettings.perceptual_dtype,
                         help="the VGG term's convolutions (train --perceptual-dtype)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()

@@ -28,6 +28,8 @@ _CONVS = {"conv1": (3, 3, 1), "conv2": (64, 3, 3), "conv3": (64, 64, 3), "conv4"
 _FEATURE_LAYERS = ("conv3", "conv5", "conv6")
 """relu1_2, relu2_2, relu3_1."""
 _POOL_AFTER = ("conv3", "conv5")
+PERCEPTUAL_DTYPES = ("float32", "bfloat16")
+"""What `train --perceptual-dtype` offers for the term's convolutions."""
 
 
 class VGGFeatures(nn.Module):

@@ -130,12 +130,17 @@ class TrainSettings:
     threads: int | None = None
 
 
+def check_fine_semantic(imagenet_prior: bool, fine_semantic: bool) -> None:
+    """Raises ValueError when `fine_semantic` is asked for without the features it feeds on."""
+    if fine_semantic and not imagenet_prior:
+        raise ValueError("--fine-semantic feeds the ImageNet prior's features to levels 1 and 2: add --imagenet-prior")
+
+
 def build_models(preset: str, depth: Path | None, imagenet_prior: bool = False, fine_semantic: bool = False
                  ) -> tuple[DMDNet, nn.Module, bool]:
     """(network, depth model, whether the depth model trains)."""
     config = PRESETS[preset]()
-    if fine_semantic and not imagenet_prior:
-        raise ValueError("--fine-semantic feeds the ImageNet prior's features to levels 1 and 2: add --imagenet-prior")
+    check_fine_semantic(imagenet_prior, fine_semantic)
     if imagenet_prior:
         if preset != "lite":
             raise ValueError("the ImageNet prior replaces DMDNet-Lite's proximity estimator: use --preset lite")
