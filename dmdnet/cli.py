@@ -305,6 +305,11 @@ def check_fraction(value: float, option: str = "--real-fraction") -> None:
         raise UsageError(f"{option} must lie in [0, 1]")
 
 
+def check_ema_decay(value: float) -> None:
+    if not 0 <= value < 1:
+        raise UsageError("--ema-decay must lie in [0, 1) (0: no average)")
+
+
 def synthesis_settings(args: argparse.Namespace) -> SynthesisSettings:
     """The `--synthesis` preset with the parts that the other synthesis options set replaced."""
     from .training.synthesis import SYNTHESIS_PRESETS
@@ -339,6 +344,7 @@ def _train(args: argparse.Namespace) -> int:
 
     synthesis, *_ = check_all(lambda: synthesis_settings(args), lambda: resolve_device(args.device),
                               lambda: check_fraction(args.real_fraction), check_vgg,
+                              lambda: check_ema_decay(args.ema_decay),
                               lambda: check_fine_semantic(args.imagenet_prior, args.fine_semantic))
 
     settings = TrainSettings(
@@ -350,7 +356,7 @@ def _train(args: argparse.Namespace) -> int:
         real=[Path(p) for p in args.real], real_fraction=args.real_fraction,
         loss=loss, imagenet_prior=args.imagenet_prior, fine_semantic=args.fine_semantic, vgg=Path(args.vgg),
         perceptual_dtype=args.perceptual_dtype,
-        steps=args.steps, lr=args.lr, minutes=args.minutes, seed=args.seed, device=args.device,
+        steps=args.steps, lr=args.lr, ema_decay=args.ema_decay, minutes=args.minutes, seed=args.seed, device=args.device,
         threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
     try:
         trainer = Trainer(settings)
@@ -516,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of the synthetic pairs made of real reflections over natural photos")
     train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=TrainSettings.lr)
+    train.add_argument("--ema-decay", type=float, default=TrainSettings.ema_decay, metavar="DECAY",
+                       help="validate, and keep in best/, an exponential moving average of the weights with this "
+                            "decay (e.g. 0.999; 0: the weights of the step)")
     train.add_argument("--minutes", type=float, help="stop (and save) after this many minutes")
     train.add_argument("--validate-every", type=int, default=TrainSettings.validate_every)
     train.add_argument("--seed", type=int, default=TrainSettings.seed)

@@ -285,6 +285,12 @@ def test_fine_semantic_without_the_imagenet_prior_is_one_line_and_creates_nothin
     assert not (tmp_path / "run").exists()
 
 
+def test_an_ema_decay_outside_zero_to_one_is_one_line_and_creates_nothing(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--ema-decay", "1", "--steps", "1"]) == 2
+    assert capsys.readouterr().err == "error: --ema-decay must lie in [0, 1) (0: no average)\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_separate_finds_the_memory_banks_beside_the_model(tmp_path, lite_checkpoints, monkeypatch, capsys):
     """Issue 31 item 11: `--model RUN/model_latest.pt` alone said "no memory bank file found"."""
     monkeypatch.delenv("DMDNET_MEMORY", raising=False)

@@ -6,7 +6,9 @@ the authors' configuration with MiDaS frozen, as they did. `--real DIR` mixes re
 into every batch and holds `dmdnet.training.real_pairs.VALIDATION_PAIRS` out of training: the
 checkpoint that scores best on them (`selection_key`: photometry-invariant gain first) is kept
 in `best/`. `--imagenet-prior` feeds DMDNet-Lite frozen ImageNet features
-(`dmdnet.network.imagenet_prior`).
+(`dmdnet.network.imagenet_prior`). With `--ema-decay` validation scores, and `best/` keeps, an
+exponential moving average of the weights (`dmdnet.training.averaging.ExponentialAverage`); the
+weights of the step are scored too and logged beside it (`STEP_WEIGHTS`), so one run compares both.
 
 Under `torchrun` (`dmdnet.training.distributed`) every process trains a DistributedDataParallel copy on
 its own batches (`batch` each, its own random stream), rank 0 validates, logs and writes the
@@ -25,6 +27,7 @@ the record of its step missing (the process stopped between the two) validates t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -52,6 +55,7 @@ from ..network.depth import MidasDPT
 from ..network.model import DMDNet
 from ..network.precision import parse_dtype
 from ..weights import MEMORY_NAME, MODEL_NAME, TRAINING_STATE_NAME, VGG_FILE, lite_depth_model
+from .averaging import ExponentialAverage
 from .distributed import Ranks
 from .losses import LossWeights, TrainingObserver, separation_loss
 from .memory import evolve_memory, evolve_memory_across_ranks
@@ -83,6 +87,10 @@ DEFAULT_DATA = tuple(NATURAL_PHOTOS / name for name in ("bsds500/train", "bsds50
 DEFAULT_VALIDATION = NATURAL_PHOTOS / "bsds500/test"
 BEST_FOLDER = "best"
 LOG_NAME = "log.jsonl"
+STEP_WEIGHTS = "step_weights"
+"""Log key of the scores of the step's own weights, when validation scores their average."""
+WEIGHT_AVERAGE = "weight_average"
+"""`training_state.pt` key of the exponential moving average of the weights."""
 
 
 @dataclass
@@ -120,6 +128,9 @@ class TrainSettings:
     min_lr: float = 2e-5
     warmup: int = 200
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    """Decay of the exponential moving average of the weights that validation scores and `best/`
+    keeps (0: none; validation scores the weights of the step)."""
     validate_every: int = 250
     save_every: int = 250
     validation_count: int = 12
@@ -176,6 +187,13 @@ class SeparationNetwork(nn.Module):
         return t.contiguous(), r.contiguous()  # the losses' own convolutions (VGG) ran slower channels-last
 
 
+def score_line(scores: Mapping[str, dict]) -> str:
+    """One line of the validation scores `Trainer.validate` returns (their averaged weights', if any)."""
+    return "; ".join(f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
+                     f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})"
+                     for kind, s in scores.items() if kind != STEP_WEIGHTS)
+
+
 def learning_rate(step: int, settings: TrainSettings) -> float:
     """Linear warm-up, then cosine decay to `min_lr`."""
     if step < settings.warmup:
@@ -202,9 +220,7 @@ class Trainer:
         torch.manual_seed(settings.seed)  # the same initial weights for the same seed, on every rank
         self.model, self.depth_model, self.trains_depth = build_models(settings.preset, settings.depth,
                                                                        settings.imagenet_prior, settings.fine_semantic)
-        params = [p for p in self.model.parameters() if p.requires_grad] + (
-            [p for p in self.depth_model.parameters() if p.requires_grad] if self.trains_depth else [])
-        self.optimizer = torch.optim.Adam(params, lr=settings.lr)
+        self.optimizer = torch.optim.Adam(list(self.trained_parameters().values()), lr=settings.lr)
         self.step = 0
         self.best: dict | None = None
         """The best real-validation score so far and its step (kept in `best/`)."""
@@ -220,6 +236,9 @@ class Trainer:
             self._announce(saved, kept)
         self.model.to(self.device)
         self.depth_model.to(self.device)
+        self.average = (ExponentialAverage(self.trained_parameters(), settings.ema_decay,
+                                           saved.get(WEIGHT_AVERAGE) if saved else None)
+                        if settings.ema_decay else None)
         self._check_same_start()
         self.network = self.ranks.data_parallel(SeparationNetwork(self.model, self.depth_model,
                                                                   channels_last=self.device.type == "cpu"))
@@ -275,6 +294,14 @@ class Trainer:
         if self.run_lock:
             self.run_lock.close()
             self.run_lock = None
+
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the optimiser trains, by name, in the optimiser's order."""
+        trained = {f"network.{name}": p for name, p in self.model.named_parameters() if p.requires_grad}
+        if self.trains_depth:
+            trained.update({f"proximity_estimator.{name}": p for name, p in self.depth_model.named_parameters()
+                            if p.requires_grad})
+        return trained
 
     def _saved_state(self) -> Mapping | None:
         """The run's `training_state.pt`, or None when `out` holds no run yet."""
@@ -372,6 +399,8 @@ class Trainer:
         with uninterrupted():
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "best": self.best,
                      "settings": saved_form(self.settings)}
+            if self.average:
+                state[WEIGHT_AVERAGE] = self.average.state_dict()
             commit(self.out, self.step, {**self.weight_files(), TRAINING_STATE_NAME: checkpoint_bytes(state),
                                          **self.new_best})
             self.new_best, self.saved_step = {}, self.step
@@ -406,6 +435,8 @@ class Trainer:
         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                  self.settings.grad_clip)
         self.optimizer.step()
+        if self.average:
+            self.average.update()
         if self.ranks.distributed:
             evolve_memory_across_ranks(observer.reads, list(self.model.memory.buffers()), len(batch[0]),
                                                 self.ranks.all_gather)
@@ -414,8 +445,8 @@ class Trainer:
         self.step += 1
         return {"loss": float(loss.detach()), **parts}
 
-    def validate(self) -> dict:
-        """Scores on the synthetic and real validation pairs; keeps the best real score's weights."""
+    def _scores(self) -> dict:
+        """The current weights' scores on the synthetic and real validation pairs."""
         self.model.eval(), self.depth_model.eval()
         scores = {}
         if self.validation is not None:
@@ -424,12 +455,20 @@ class Trainer:
             scores["real_validation"] = validate_real(self.model, self.depth_model, self.real_validation,
                                                       self.device, short_side_range(self.settings.patch)[1])
         self._train_mode()
-        key = selection_key(scores)
-        best = () if self.best is None else (self.best.get("invariant_gain", -math.inf), self.best["psnr_t"])
-        if key is not None and key > best:
-            self.best = {"step": self.step, "invariant_gain": key[0], "psnr_t": key[1]}
-            self.new_best = self.weight_files(BEST_FOLDER)
         return scores
+
+    def validate(self) -> dict:
+        """Scores on the synthetic and real validation pairs of the weights that `best/` keeps (their
+        average, with the step's own under `STEP_WEIGHTS`); keeps the best real score's weights."""
+        step_scores = self._scores() if self.average else None
+        with self.average.in_place() if self.average else contextlib.nullcontext():
+            scores = self._scores()
+            key = selection_key(scores)
+            best = () if self.best is None else (self.best.get("invariant_gain", -math.inf), self.best["psnr_t"])
+            if key is not None and key > best:
+                self.best = {"step": self.step, "invariant_gain": key[0], "psnr_t": key[1]}
+                self.new_best = self.weight_files(BEST_FOLDER)
+        return {**scores, STEP_WEIGHTS: step_scores} if step_scores else scores
 
     def validate_and_save(self, record: dict) -> dict:
         """Validates, saves the step (with a new `best/`), then logs `record` with the scores:
@@ -491,10 +530,9 @@ class Trainer:
                 parts = self.ranks.mean_of(parts)
                 if main:
                     scores = self.validate_and_save({"train": parts})
-                    bar.write(f"step {self.step}: " + "; ".join(
-                        f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
-                        f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})"
-                        for kind, s in scores.items()))
+                    bar.write(f"step {self.step}: " + score_line(scores) + (
+                        f"; the step's own weights: {score_line(scores[STEP_WEIGHTS])}" if STEP_WEIGHTS in scores
+                        else ""))
             elif self.step % self.settings.save_every == 0 and main:
                 self.save()
         bar.close()

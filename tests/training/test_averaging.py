@@ -6,7 +6,7 @@ import torch
 
 import dmdnet
 from dmdnet.checkpoints import CheckpointError, read_checkpoint
-from dmdnet.training.averaging import average_checkpoints
+from dmdnet.training.averaging import ExponentialAverage, average_checkpoints
 
 
 def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_path):
@@ -37,3 +37,41 @@ def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_pa
     with pytest.raises(CheckpointError, match="different tensors or shapes"):
         average_checkpoints([lite_checkpoints["model"]] * 2, [lite_checkpoints["memory"], tmp_path / "fewer_banks.pt"],
                             out_model, out_memory)
+
+
+def test_exponential_average_follows_its_warm_up_then_its_decay_and_resumes():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    average = ExponentialAverage({"w": weight}, decay=0.5)
+    expected = torch.zeros(3)
+    for update, value in enumerate([1.0, 3.0, -2.0, 5.0, 4.0]):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update()
+        kept = min(0.5, (1 + update) / (10 + update))  # 0.1, 0.18, 0.25, 0.31, 0.36: still warming up
+        expected = kept * expected + (1 - kept) * value
+        assert torch.allclose(average.averages["w"], expected), update
+    for _ in range(20):  # past the warm-up the decay is 0.5
+        average.update()
+    assert torch.allclose(average.averages["w"], torch.full((3,), 4.0), atol=1e-4)
+
+    resumed = ExponentialAverage({"w": weight}, decay=0.5, saved=average.state_dict())
+    assert resumed.updates == average.updates == 25
+    assert torch.equal(resumed.averages["w"], average.averages["w"])
+    with pytest.raises(CheckpointError, match="other tensors"):
+        ExponentialAverage({"v": weight}, decay=0.5, saved=average.state_dict())
+    with pytest.raises(ValueError, match="decay"):
+        ExponentialAverage({"w": weight}, decay=1.0)
+
+
+def test_the_average_is_in_place_only_within_its_block_even_when_the_block_fails():
+    weight = torch.nn.Parameter(torch.tensor([2.0]))
+    average = ExponentialAverage({"w": weight}, decay=0.9)
+    with torch.no_grad():
+        weight.fill_(10.0)
+    average.update()  # first update keeps 0.1 of the start: 0.1 * 2 + 0.9 * 10
+    with average.in_place():
+        assert weight.item() == pytest.approx(9.2)
+    assert weight.item() == 10.0
+    with pytest.raises(RuntimeError, match="inside"), average.in_place():
+        raise RuntimeError("inside")
+    assert weight.item() == 10.0

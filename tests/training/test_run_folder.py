@@ -302,3 +302,46 @@ def test_a_setting_the_saved_run_lacks_is_taken_as_given(tmp_path):
     assert kept == ["synthesis.strength [0.15, 0.8] (given [0.2, 0.3])"]
     with pytest.raises(RunFolderError, match=r"^--depth dpt_large.pt differs from the run in .*, which has b/dpt.pt"):
         resumed_settings(dataclasses.replace(given, depth=Path("dpt_large.pt")), saved, tmp_path)
+
+
+def test_the_weight_average_is_what_validation_scores_and_best_keeps_and_training_never_reads(tmp_path, tiny_data):
+    """`--ema-decay`: the weights of every step are those of the same run without the average; the
+    log holds both scores (the step's own equal to the run without it); `best/` and
+    `training_state.pt` hold the average, and a resume takes it up."""
+    from dmdnet.checkpoints import load_dmdnet_weights
+    from dmdnet.training.losses import LossWeights
+    from dmdnet.training.trainer import STEP_WEIGHTS, WEIGHT_AVERAGE, Trainer, TrainSettings
+
+    def run(out: Path, ema_decay: float) -> list[dict]:
+        settings = TrainSettings(out=out, data=[tiny_data / "photos"], real=[tiny_data / "zhang_real82"],
+                                 patch=64, batch=2, steps=STEPS, validate_every=STEPS, save_every=STEPS,
+                                 loss=LossWeights(perceptual=0, real_perceptual=0), threads=1, device="cpu",
+                                 ema_decay=ema_decay)
+        trainer = Trainer(settings)
+        trainer.run()
+        trainer.close()
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+                if "event" not in json.loads(line)]
+
+    plain, averaged = run(tmp_path / "plain", 0.0), run(tmp_path / "averaged", 0.5)
+    network = {out: torch.load(tmp_path / out / MODEL_NAME, weights_only=True)["network"] for out in ("plain", "averaged")}
+    assert all(torch.equal(value, network["averaged"][name]) for name, value in network["plain"].items())
+    assert [record["step"] for record in averaged] == [STEPS]
+    assert averaged[0][STEP_WEIGHTS]["real_validation"] == plain[0]["real_validation"]
+    assert averaged[0]["real_validation"]["psnr_t"] != plain[0]["real_validation"]["psnr_t"]
+
+    state = torch.load(tmp_path / "averaged" / TRAINING_STATE_NAME, weights_only=True)
+    assert state["best"]["step"] == STEPS and state[WEIGHT_AVERAGE]["updates"] == STEPS
+    resumed = Trainer(TrainSettings(out=tmp_path / "averaged", data=[tiny_data / "photos"],
+                                    real=[tiny_data / "zhang_real82"], patch=64, batch=2, steps=STEPS + 2,
+                                    threads=1, device="cpu", ema_decay=0.5))
+    assert resumed.average.updates == STEPS
+    assert all(torch.equal(resumed.average.averages[name], value)
+               for name, value in state[WEIGHT_AVERAGE]["weights"].items())
+    live = {name: value.detach().clone() for name, value in resumed.trained_parameters().items()}
+    extra = load_dmdnet_weights(resumed.model, tmp_path / "averaged" / "best" / MODEL_NAME)
+    resumed.depth_model.load_state_dict(extra["proximity_estimator"])  # DMDNet-Lite trains its depth too
+    best = resumed.trained_parameters()
+    assert all(torch.equal(best[name], value) for name, value in state[WEIGHT_AVERAGE]["weights"].items())
+    assert any(not torch.equal(best[name], value) for name, value in live.items())
+    resumed.close()
