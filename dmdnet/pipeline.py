@@ -169,8 +169,10 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
     default = paths[MODEL_FILE] == DEFAULT_WEIGHTS[MODEL_FILE]
     depth = ("frozen ImageNet EfficientNet-Lite0 features and a learned proximity head in place of MiDaS"
              if config.imagenet_prior else "learned proximity estimator in place of MiDaS")
-    label = (f"DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; {depth})"
-             if default else f"DMDNet-Lite ({depth})")
+    steps = checkpoint.get("iterations")
+    about = f"{depth}; trained {steps} steps" if steps else depth  # the step tells runs' checkpoints apart
+    label = (f"DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; {about})"
+             if default else f"DMDNet-Lite ({about})")
     return network, estimator, WeightsInfo(label, {spec.role: str(path) for spec, path in paths.items()
                                                    if spec is not DEPTH_FILE})
 

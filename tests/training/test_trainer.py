@@ -31,7 +31,7 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
 
     pipe = dmdnet.load_pipeline(model=settings.out / MODEL_NAME, memory=settings.out / MEMORY_NAME,
                                 device="cpu")
-    assert "DMDNet-Lite" in pipe.weights.label
+    assert "DMDNet-Lite" in pipe.weights.label and "trained 12 steps" in pipe.weights.label
     assert pipe.max_short_side == 2 * settings.patch
     result = pipe.separate(batch[0][0])
     assert result.transmission.shape == (1, 3, 64, 64)
