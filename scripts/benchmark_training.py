@@ -10,7 +10,10 @@ The recipe is the shipped default's (DMDNet-Lite with the frozen ImageNet prior,
   in s/step and crops/s;
 * the network's forward + backward alone on one fixed batch, and its model FLOPs utilisation
   (MFU): 3 x the forward's FLOPs (torch's flop counter: convolutions and matmuls) over that
-  time, against a 2048x2048 float32 matmul timed in the same run on the same threads.
+  time, against a 2048x2048 float32 matmul timed in the same run on the same threads;
+* the part of that pass spent inside the counted ops themselves (convolutions and matmuls,
+  forward and backward, from torch's profiler), and the MFU ceiling it sets: the MFU the pass
+  would have if everything else in it (elementwise ops, copies, scans, sorting) took no time.
 
 Time it alone: a second job on the other core halves every number here.
 """
@@ -70,14 +73,40 @@ def forward_gflop(trainer: Trainer, inputs: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
+COUNTED_OPS = frozenset({"aten::convolution", "aten::convolution_backward", "aten::mm", "aten::addmm",
+                         "aten::bmm", "aten::baddbmm"})
+"""The profiler's names for the ops whose FLOPs the flop counter counts in this network."""
+
+
+def counted_op_seconds(trainer: Trainer, inputs: torch.Tensor, repeats: int) -> float:
+    """Mean time of a forward + backward spent inside COUNTED_OPS (outermost calls, so none twice)."""
+    run = network_pass(trainer, inputs)
+    run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(repeats):
+            run()
+
+    def inside_counted_op(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None and parent.name not in COUNTED_OPS:
+            parent = parent.cpu_parent
+        return parent is not None
+
+    microseconds = sum(event.cpu_time_total for event in profile.events()
+                       if event.name in COUNTED_OPS and not inside_counted_op(event))
+    return microseconds / 1e6 / repeats
+
+
 def measure(trainer: Trainer, threads: int, repeats: int, gflop: float, inputs: torch.Tensor) -> dict:
     torch.set_num_threads(threads)
     matmul = matmul_gflops()
     pass_s = median_seconds(network_pass(trainer, inputs), repeats)
     step_s = median_seconds(trainer.train_step, repeats)
+    counted_s = counted_op_seconds(trainer, inputs, repeats)
     return {"threads": threads, "step_s": step_s, "crops_per_s": trainer.settings.batch / step_s,
             "network_pass_s": pass_s, "matmul_gflops": matmul, "network_gflops": 3 * gflop / pass_s,
-            "mfu": 3 * gflop / pass_s / matmul}
+            "mfu": 3 * gflop / pass_s / matmul, "counted_ops_s": counted_s,
+            "mfu_ceiling": 3 * gflop / counted_s / matmul}
 
 
 def main() -> None:
@@ -100,10 +129,11 @@ def main() -> None:
         results = [measure(trainer, threads, args.repeats, gflop, inputs) for threads in args.threads]
         trainer.close()
     print(f"{'threads':>7} {'s/step':>7} {'crops/s':>7} {'pass s':>7} {'net GFLOP/s':>11} "
-          f"{'matmul GFLOP/s':>14} {'MFU':>6}")
+          f"{'matmul GFLOP/s':>14} {'MFU':>6} {'counted ops s':>13} {'MFU ceiling':>11}")
     for row in results:
         print(f"{row['threads']:>7} {row['step_s']:>7.3f} {row['crops_per_s']:>7.2f} {row['network_pass_s']:>7.3f} "
-              f"{row['network_gflops']:>11.1f} {row['matmul_gflops']:>14.1f} {row['mfu']:>6.1%}")
+              f"{row['network_gflops']:>11.1f} {row['matmul_gflops']:>14.1f} {row['mfu']:>6.1%} "
+              f"{row['counted_ops_s']:>13.3f} {row['mfu_ceiling']:>11.1%}")
     if args.json:
         write_text(args.json, json.dumps({"forward_gflop": gflop, "results": results}, indent=2))
 
