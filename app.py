@@ -2,7 +2,7 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--device cpu]
                   [--model FILE --memory FILE --depth FILE | --hub-repo REPO] [--max-pixels N]
-                  [--native-scale] [--max-queue N] [--max-disk-mb N]
+                  [--native-scale | --short-side PX] [--max-queue N] [--max-disk-mb N]
                   [--dtype bfloat16|float16|float32|float64]
 
 On a GPU (the Space's included) the network runs in bfloat16 unless `--dtype` says otherwise.
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels = args.max_pixels or (CPU_MAX_PIXELS if device.type == "cpu" else DEFAULT_MAX_PIXELS)
         pipe = dmdnet.load_pipeline(args.model, args.memory, args.depth, device=device,
                                     dtype=inference_dtype(args.dtype, device), hub_repo=args.hub_repo,
-                                    max_pixels=max_pixels, native_scale=args.native_scale)
+                                    max_pixels=max_pixels, native_scale=args.native_scale,
+                                    short_side=args.short_side)
     except (dmdnet.CheckpointError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

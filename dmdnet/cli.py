@@ -151,7 +151,8 @@ def prepare_output(out: Path) -> None:
 
 
 def add_weight_options(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
-    """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale, shared by the CLI and app.py."""
+    """--model/--memory/--depth/--hub-repo/--device/--dtype/--native-scale/--short-side, shared by the
+    CLI and app.py."""
     from .network.precision import CLI_DTYPES
 
     parser.add_argument("--model", help="DMDNet model file (model_latest.pt)")
@@ -163,8 +164,12 @@ def add_weight_options(parser: argparse.ArgumentParser, default_dtype: str | Non
                         help="bfloat16/float16 keep the scan state, DAScan sort keys, MECM gates and memory "
                              "reads in float32 (fast on CUDA; slower than float32 on most CPUs)"
                              + ("" if default_dtype else " (default: bfloat16 on CUDA, else float32)"))
-    parser.add_argument("--native-scale", action="store_true",
-                        help="run photos at full size even where the weights were trained on smaller ones")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--native-scale", action="store_true",
+                       help="run photos at full size even where the weights were trained on smaller ones")
+    scale.add_argument("--short-side", type=positive_int, metavar="PX",
+                       help="run photos with a longer short side scaled down to PX (default: the scale the "
+                            "weights record, from choose-scale or training)")
 
 
 def _separate(args: argparse.Namespace) -> int:
@@ -187,7 +192,7 @@ def _separate(args: argparse.Namespace) -> int:
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=device,
                              dtype=args.dtype, hub_repo=args.hub_repo, max_pixels=args.max_pixels,
-                             native_scale=args.native_scale)
+                             native_scale=args.native_scale, short_side=args.short_side)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
     ranks = Ranks.current(pipe.device)
@@ -251,7 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     args.progress.unit, args.progress.total = "pairs", sum(counts)
     try:
         pipe = load_pipeline(args.model, args.memory, args.depth, device=device,
-                             dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale)
+                             dtype=args.dtype, hub_repo=args.hub_repo, native_scale=args.native_scale,
+                             short_side=args.short_side)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
 
@@ -403,11 +409,9 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .checkpoints import CheckpointError
-    from .training.calibration import calibrate_files
+def _fitted_file_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The model and memory files `calibrate` and `choose-scale` read, checked to exist with the
+    real pairs' folders, and their output folder checked not to be a run folder."""
     from .weights import MEMORY_NAME
 
     model = Path(args.model)
@@ -416,6 +420,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError("not found: " + ", ".join(missing))
     refuse_run_folder(Path(args.out))
+    return model, memory
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .checkpoints import CheckpointError
+    from .training.calibration import calibrate_files
+
+    model, memory = _fitted_file_paths(args)
     try:
         result = calibrate_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.crops,
                                  progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image"))
@@ -426,6 +440,27 @@ def _calibrate(args: argparse.Namespace) -> int:
     for ridge, score in result.validation_psnr.items():
         print(f"  ridge {ridge:g}: {score:.2f} dB" + ("  <- kept" if ridge == result.ridge else ""))
     print(f"gain fitted on {result.samples} images; files written to {args.out}/")
+    return 0
+
+
+def _choose_scale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .checkpoints import CheckpointError
+    from .training.inference_scale import choose_scale_files
+    from .training.validation import invariant_gain
+
+    model, memory = _fitted_file_paths(args)
+    try:
+        choice = choose_scale_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.short_sides,
+                                    progress=lambda sides: tqdm(sides, desc="scoring scales", unit="scale"))
+    except (CheckpointError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"validation ({len(choice.validation_pairs)} pairs), gain over the input: invariant PSNR / PSNR")
+    for side, scores in choice.scores.items():
+        gains = f"{invariant_gain(scores):+.2f} / {scores['psnr_t'] - scores['psnr_identity']:+.2f} dB"
+        print(f"  short side {side:4d} px: {gains}" + ("  <- kept" if side == choice.short_side else ""))
+    print(f"files written to {args.out}/ (photos run at a short side of at most {choice.short_side} px)")
     return 0
 
 
@@ -547,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--crops", type=int, default=3, help="random crops per pair added to the fit")
     calibrate.add_argument("--out", required=True, help="folder for the calibrated files")
     calibrate.set_defaults(run=_calibrate)
+
+    choose_scale = commands.add_parser(
+        "choose-scale", help="choose the short side photos run at on the validation pairs (after train)")
+    choose_scale.add_argument("--model", required=True, help="DMDNet-Lite model file (model_latest.pt)")
+    choose_scale.add_argument("--memory", help="memory bank file (default: memory_banks_latest.pt beside --model)")
+    choose_scale.add_argument("--real", nargs="+", default=["../shared/data/real_train/zhang_real82"],
+                              help="folders holding dmdnet.training.real_pairs.VALIDATION_PAIRS, which score the scales")
+    choose_scale.add_argument("--short-sides", nargs="+", type=positive_int, metavar="PX",
+                              help="short sides to try (default: 0.75x to 2x the training crop)")
+    choose_scale.add_argument("--out", required=True, help="folder for the files with the chosen scale")
+    choose_scale.set_defaults(run=_choose_scale)
     return parser
 
 

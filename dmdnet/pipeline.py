@@ -4,9 +4,9 @@ Pads to the network's multiple, runs depth and DMDNet, crops back. Photos larger
 than `max_pixels`, or with a short side above `max_short_side`, run at a reduced size
 and come back at full resolution: the reflection is upsampled and the transmission is
 the full-resolution input minus the upsampled removed residual (input - T), so the
-scene keeps its fine detail. `max_short_side` is the scale the weights were trained
-at, where their checkpoint records it (DMDNet-Lite: photos with short sides up to
-256 px): a reflection spans more pixels in a larger photo than the network ever saw.
+scene keeps its fine detail. `max_short_side` is the scale chosen for the weights, or the
+one they were trained at, where their checkpoint records it (`load_pipeline`): a
+reflection spans more pixels in a larger photo than the network ever saw.
 Other images up to `max_pixels` (default about 2.1 MP, e.g. 1448x1448) run natively.
 """
 from __future__ import annotations
@@ -214,10 +214,19 @@ def find_weights(model: str | Path | None = None, memory: str | Path | None = No
     return paths
 
 
+def recorded_short_side(checkpoint: object) -> int | None:
+    """The short side a model file's photos run at: the one chosen for the weights
+    ("inference_short_side", `python -m dmdnet choose-scale`), else the largest they were trained
+    at ("trained_short_side"); None where the file records neither."""
+    recorded = checkpoint if isinstance(checkpoint, dict) else {}
+    return recorded.get("inference_short_side") or recorded.get("trained_short_side")
+
+
 def load_pipeline(model: str | Path | None = None, memory: str | Path | None = None,
                   depth: str | Path | None = None, device: torch.device | str | None = None,
                   dtype: torch.dtype | str = torch.float32, hub_repo: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, native_scale: bool = False) -> Pipeline:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, native_scale: bool = False,
+                  short_side: int | None = None) -> Pipeline:
     """Builds a ready pipeline.
 
     Each file is found by `dmdnet.weights.find_weight_file` (explicit path, environment
@@ -226,8 +235,8 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
     A model file that carries its own "config" and "proximity_estimator" (DMDNet-Lite)
     needs no MiDaS file. Any problem with a file raises `CheckpointError` naming it; files that
     are missing or not checkpoints at all are reported together, in one message.
-    Photos whose short side exceeds the one the weights were trained at (recorded as
-    "trained_short_side" in the model file) run at that scale unless `native_scale`.
+    Photos with a longer short side than `short_side`, or else than the model file's
+    `recorded_short_side`, run scaled down to it; `native_scale` runs every photo at full size.
     """
     paths = find_weights(model, memory, depth, hub_repo)
     checkpoint = read_checkpoint(paths[MODEL_FILE], MODEL_FILE.role)
@@ -236,6 +245,5 @@ def load_pipeline(model: str | Path | None = None, memory: str | Path | None = N
         else _released_pipeline_parts
     network, depth_model, info = build(config, checkpoint, paths)
     load_memory_banks(network, paths[MEMORY_FILE])
-    trained_short_side = checkpoint.get("trained_short_side") if isinstance(checkpoint, dict) else None
     return Pipeline(network, depth_model, device or default_device(), parse_dtype(dtype),
-                    max_pixels, info, None if native_scale else trained_short_side)
+                    max_pixels, info, None if native_scale else short_side or recorded_short_side(checkpoint))

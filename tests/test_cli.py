@@ -119,6 +119,13 @@ def test_argparse_errors_are_one_line(tmp_path):
                                        "number of at least 1, got '0' (see dmdnet separate --help)"]
 
 
+def test_native_scale_and_a_short_side_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["separate", str(tmp_path), "--out", str(tmp_path / "o"), "--native-scale", "--short-side", "128"])
+    assert stopped.value.code == 2
+    assert "--short-side: not allowed with argument --native-scale" in capsys.readouterr().err
+
+
 def test_missing_weights_message(tmp_path):
     run = subprocess.run([sys.executable, "-m", "dmdnet", "separate", str(tmp_path), "--out",
                           str(tmp_path / "o"), "--model", str(tmp_path / "none.pt")],
@@ -332,16 +339,17 @@ def run_folder(tmp_path, lite_checkpoints) -> Path:
     return folder
 
 
-def test_average_and_calibrate_refuse_a_run_folder_as_out(run_folder, lite_checkpoints, capsys):
+def test_average_calibrate_and_choose_scale_refuse_a_run_folder_as_out(run_folder, lite_checkpoints, capsys):
     """Issue 31 item 8: `average A B --out B` overwrote B's weights, and B resumed with them."""
     before = (run_folder / "model_latest.pt").read_bytes()
     expected = (f"error: --out {run_folder} is a training run's folder (it holds training_state.pt); writing "
                 "weights there would leave the run to resume with them: give another --out\n")
     assert main(["average", str(lite_checkpoints["model"].parent), str(run_folder), "--out", str(run_folder)]) == 2
     assert capsys.readouterr().err == expected
-    assert main(["calibrate", "--model", str(lite_checkpoints["model"]), "--real", str(run_folder),
-                 "--out", str(run_folder)]) == 2
-    assert capsys.readouterr().err == expected
+    for command in ("calibrate", "choose-scale"):
+        assert main([command, "--model", str(lite_checkpoints["model"]), "--real", str(run_folder),
+                     "--out", str(run_folder)]) == 2
+        assert capsys.readouterr().err == expected
     assert (run_folder / "model_latest.pt").read_bytes() == before
 
 

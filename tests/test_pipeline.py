@@ -85,6 +85,9 @@ def test_trained_short_side_in_the_model_file_sets_the_scale(lite_checkpoints, t
                                   native_scale=True)
     assert native.max_short_side is None
     assert native.separate(torch.rand(1, 3, 96, 160)).processed_size == (96, 160)
+    torch.save({**checkpoint, "trained_short_side": 64, "inference_short_side": 48}, tmp_path / "chosen.pt")
+    chosen = dmdnet.load_pipeline(tmp_path / "chosen.pt", lite_checkpoints["memory"], device="cpu")
+    assert chosen.separate(torch.rand(1, 3, 96, 160)).processed_size == (48, 80)
 
 
 def test_weights_label(lite_pipeline):

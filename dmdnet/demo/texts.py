@@ -90,6 +90,6 @@ def weights_line(pipe: Pipeline) -> str:
         f" · photos above {pipe.max_pixels / 1e6:.1f} MP run downscaled")
     if pipe.max_short_side:
         scale += (f" · photos run at a short side of at most {pipe.max_short_side} px, the scale "
-                  "the weights were trained at; the layers come back at full size")
+                  "chosen for the weights; the layers come back at full size")
     return (f"**Weights:** {pipe.weights.label} · **device:** {pipe.device} "
             f"({str(pipe.dtype).removeprefix('torch.')}){scale}")

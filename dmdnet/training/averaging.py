@@ -31,7 +31,8 @@ def average_checkpoints(model_paths: list[str | Path], memory_paths: list[str | 
     Network and proximity-estimator tensors are averaged; memory slots are averaged and
     renormalised to unit length, as the banks' evolution keeps them. The other entries
     (config, trained scale) come from the first file and must agree across files;
-    "iterations" is the largest of the runs'.
+    "iterations" is the largest of the runs'. A scale chosen for one of the files
+    (`dmdnet.training.inference_scale`) is not kept: the average is new weights.
     """
     models = [read_checkpoint(path, "DMDNet model") for path in model_paths]
     if len(models) < 2 or not all(isinstance(m, Mapping) and "network" in m for m in models):
@@ -39,7 +40,8 @@ def average_checkpoints(model_paths: list[str | Path], memory_paths: list[str | 
     for key in ("config", "trained_short_side"):
         if any(m.get(key) != models[0].get(key) for m in models):
             raise CheckpointError(f"cannot average models whose '{key}' differs")
-    averaged = dict(models[0])
+    averaged = {key: value for key, value in models[0].items()
+                if key not in ("inference_short_side", "inference_short_side_fit")}
     for key in ("network", "proximity_estimator"):
         if key in averaged:
             averaged[key] = _mean_tensors([m.get(key) or {} for m in models], key)

@@ -28,7 +28,7 @@ from ..checkpoints import (
 )
 from ..network.model import DMDNet, GlobalGain, image_statistics
 from ..photometry import fit_gain
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, recorded_short_side
 from ..weights import MEMORY_NAME, MODEL_NAME, lite_depth_model
 from .real_pairs import RealPair, real_pairs, split_validation, validation_images
 from .validation import pipeline_scores
@@ -167,7 +167,7 @@ def calibrate_files(model_path: Path, memory_path: Path, real: list[Path], out: 
     model, estimator = DMDNet(config), lite_depth_model(config)
     warm_start(model, estimator, model_path, memory_path)
     load_memory_banks(model, memory_path)
-    pipeline = Pipeline(model, estimator, device, max_short_side=checkpoint.get("trained_short_side"))
+    pipeline = Pipeline(model, estimator, device, max_short_side=recorded_short_side(checkpoint))
     train, validation = split_validation(real_pairs(real))
     if not train or not validation:
         raise ValueError("calibration needs real training pairs and the held-out validation pairs under "

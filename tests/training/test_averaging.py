@@ -9,6 +9,19 @@ from dmdnet.checkpoints import CheckpointError, read_checkpoint
 from dmdnet.training.averaging import ExponentialAverage, average_checkpoints
 
 
+def test_an_average_drops_the_scale_chosen_for_one_of_its_files(lite_checkpoints, tmp_path):
+    model = read_checkpoint(lite_checkpoints["model"], "model")
+    torch.save({**model, "trained_short_side": 256, "inference_short_side": 112,
+                "inference_short_side_fit": {"validation_inv_gain": {112: 0.6}}}, tmp_path / "chosen.pt")
+    torch.save({**model, "trained_short_side": 256}, tmp_path / "plain.pt")
+    out_model = tmp_path / "avg" / "model_latest.pt"
+    average_checkpoints([tmp_path / "chosen.pt", tmp_path / "plain.pt"], [lite_checkpoints["memory"]] * 2,
+                        out_model, tmp_path / "avg" / "memory_banks_latest.pt")
+    averaged = read_checkpoint(out_model, "model")
+    assert averaged["trained_short_side"] == 256
+    assert "inference_short_side" not in averaged and "inference_short_side_fit" not in averaged
+
+
 def test_average_checkpoints_writes_the_mean_that_loads(lite_checkpoints, tmp_path):
     model, memory = read_checkpoint(lite_checkpoints["model"], "model"), read_checkpoint(lite_checkpoints["memory"], "banks")
     shifted = {**model, "iterations": 7, "network": {k: v + 0.02 if v.is_floating_point() else v
