@@ -409,9 +409,11 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fitted_file_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The model and memory files `calibrate` and `choose-scale` read, checked to exist with the
-    real pairs' folders, and their output folder checked not to be a run folder."""
+def _fit_files(args: argparse.Namespace, fit: Callable[[Path, Path, list[Path], Path], T]) -> T:
+    """Runs `fit(model, memory, real folders, out)` for `calibrate` and `choose-scale`: the files and
+    folders checked to exist first, the output folder checked not to be a run folder, and the fit's
+    `CheckpointError`/`ValueError` reported as one line."""
+    from .checkpoints import CheckpointError
     from .weights import MEMORY_NAME
 
     model = Path(args.model)
@@ -420,21 +422,19 @@ def _fitted_file_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     if missing:
         raise UsageError("not found: " + ", ".join(missing))
     refuse_run_folder(Path(args.out))
-    return model, memory
+    try:
+        return fit(model, memory, [Path(p) for p in args.real], Path(args.out))
+    except (CheckpointError, ValueError) as error:
+        raise UsageError(str(error)) from None
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .checkpoints import CheckpointError
     from .training.calibration import calibrate_files
 
-    model, memory = _fitted_file_paths(args)
-    try:
-        result = calibrate_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.crops,
-                                 progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image"))
-    except (CheckpointError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    result = _fit_files(args, lambda *files: calibrate_files(
+        *files, args.crops, progress=lambda pieces: tqdm(pieces, desc="fitting the gain", unit="image")))
     print(f"validation T-PSNR: identity {result.validation_identity:.2f} dB, "
           f"gain 1 {result.validation_before:.2f} dB")
     for ridge, score in result.validation_psnr.items():
@@ -446,16 +446,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _choose_scale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .checkpoints import CheckpointError
     from .training.inference_scale import choose_scale_files
     from .training.validation import invariant_gain
 
-    model, memory = _fitted_file_paths(args)
-    try:
-        choice = choose_scale_files(model, memory, [Path(p) for p in args.real], Path(args.out), args.short_sides,
-                                    progress=lambda sides: tqdm(sides, desc="scoring scales", unit="scale"))
-    except (CheckpointError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    choice = _fit_files(args, lambda *files: choose_scale_files(
+        *files, args.short_sides, progress=lambda sides: tqdm(sides, desc="scoring scales", unit="scale")))
     print(f"validation ({len(choice.validation_pairs)} pairs), gain over the input: invariant PSNR / PSNR")
     for side, scores in choice.scores.items():
         gains = f"{invariant_gain(scores):+.2f} / {scores['psnr_t'] - scores['psnr_identity']:+.2f} dB"
