@@ -24,14 +24,17 @@ def default_pipeline(tmp_path_factory) -> dmdnet.Pipeline:
         return dmdnet.load_pipeline(device="cpu")
 
 
-def test_default_weights_load_with_their_training_scale(default_pipeline):
+def test_default_weights_load_with_their_chosen_scale(default_pipeline):
+    """Trained on photos up to 256 px, run at the 112 px `choose-scale` chose (MODEL_CARD.md)."""
     assert "project's own default weights" in default_pipeline.weights.label
-    assert default_pipeline.max_short_side == 256
+    checkpoint = torch.load(REPO_ROOT / "weights" / "dmdnet-lite" / "model_latest.pt", weights_only=True)
+    assert (checkpoint["trained_short_side"], checkpoint["inference_short_side"]) == (256, 112)
+    assert default_pipeline.max_short_side == 112
     photo = REPO_ROOT / "examples" / "windowseat_dog.png"
     result = default_pipeline.separate(photo)
     height, width = to_tensor(photo).shape[-2:]
     assert result.transmission.shape == result.reflection.shape == (1, 3, height, width)
-    assert min(result.processed_size) == min(256, height, width)
+    assert min(result.processed_size) == min(112, height, width)
     assert torch.isfinite(result.transmission).all() and torch.isfinite(result.reflection).all()
 
 
