@@ -115,7 +115,7 @@ def peak_rss_child(size: int) -> dict:
 
 def default_weights_512(repeats: int) -> dict:
     """Seconds for one 512x512 photo with `dmdnet.load_pipeline()`'s default weights, at the
-    scale they were trained at (the default) and at full size (`native_scale=True`)."""
+    scale their file records (the default) and at full size (`native_scale=True`)."""
     import dmdnet
 
     image = torch.rand(1, 3, 512, 512)
