@@ -363,7 +363,8 @@ def _train(args: argparse.Namespace) -> int:
         loss=loss, imagenet_prior=args.imagenet_prior, fine_semantic=args.fine_semantic, vgg=Path(args.vgg),
         perceptual_dtype=args.perceptual_dtype,
         steps=args.steps, lr=args.lr, ema_decay=args.ema_decay, minutes=args.minutes, seed=args.seed, device=args.device,
-        threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every)
+        threads=args.threads, validate_every=args.validate_every, save_every=args.validate_every,
+        validation_short_side=args.validation_short_side)
     try:
         trainer = Trainer(settings)
     except (CheckpointError, RunFolderError) as error:
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of the synthetic pairs made of real reflections over natural photos")
     train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=TrainSettings.lr)
+    train.add_argument("--validation-short-side", type=positive_int, metavar="PX",
+                       help="run the real validation pairs at this short side and record it in the model files "
+                            "as the scale photos run at (default: 2 x --patch, the largest trained)")
     train.add_argument("--ema-decay", type=float, default=TrainSettings.ema_decay, metavar="DECAY",
                        help="validate, and keep in best/, an exponential moving average of the weights with this "
                             "decay (e.g. 0.999; 0: the weights of the step)")

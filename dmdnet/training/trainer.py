@@ -135,6 +135,12 @@ class TrainSettings:
     save_every: int = 250
     validation_count: int = 12
     validation_size: int = 192
+    validation_short_side: int | None = None
+    """The short side the real validation pairs run at, which the saved model files then record as
+    the scale their photos run at ("inference_short_side"); None: the largest trained short side
+    (2 x `patch`), recorded as "trained_short_side" only. Weights may remove more where a photo is
+    about one crop (docs/training.md, "The scale photos run at"): checkpoints are best judged at
+    the scale they will run at."""
     minutes: float | None = None
     seed: int = 0
     device: str | None = None
@@ -389,6 +395,8 @@ class Trainer:
         relative to `out` (in `folder`), as `run_folder.commit` takes them."""
         extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
                  "trained_short_side": short_side_range(self.settings.patch)[1]}
+        if self.settings.validation_short_side:
+            extra["inference_short_side"] = self.settings.validation_short_side
         if self.trains_depth:
             extra["proximity_estimator"] = {k: v.detach().cpu() for k, v in self.depth_model.state_dict().items()}
         names = [f"{folder}/{name}" if folder else name for name in (MODEL_NAME, MEMORY_NAME)]
@@ -452,8 +460,9 @@ class Trainer:
         if self.validation is not None:
             scores["validation"] = validate(self.model, self.depth_model, self.validation, self.device)
         if self.real_validation:
-            scores["real_validation"] = validate_real(self.model, self.depth_model, self.real_validation,
-                                                      self.device, short_side_range(self.settings.patch)[1])
+            scores["real_validation"] = validate_real(
+                self.model, self.depth_model, self.real_validation, self.device,
+                self.settings.validation_short_side or short_side_range(self.settings.patch)[1])
         self._train_mode()
         return scores
 

@@ -38,11 +38,11 @@ def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
 
 
 def validate_real(model: DMDNet, depth_model: nn.Module, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
-                  device, trained_short_side: int) -> dict:
+                  device, short_side: int) -> dict:
     """Mean `pair_scores` on the real validation pairs at their full size, and the model's
-    invariant PSNR per pair. The model runs as `Pipeline` runs photos (at the trained scale, the
+    invariant PSNR per pair. The model runs as `Pipeline` runs photos (at `short_side`, the
     full-size T composed from it), so scores compare across scales."""
-    return pipeline_scores(Pipeline(model, depth_model, device, max_short_side=trained_short_side), pairs)
+    return pipeline_scores(Pipeline(model, depth_model, device, max_short_side=short_side), pairs)
 
 
 def pipeline_scores(pipeline: Pipeline, pairs: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict:

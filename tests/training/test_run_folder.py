@@ -345,3 +345,32 @@ def test_the_weight_average_is_what_validation_scores_and_best_keeps_and_trainin
     assert all(torch.equal(best[name], value) for name, value in state[WEIGHT_AVERAGE]["weights"].items())
     assert any(not torch.equal(best[name], value) for name, value in live.items())
     resumed.close()
+
+
+def test_validation_at_a_chosen_short_side_scores_the_files_as_they_will_run(tmp_path, tiny_data):
+    """`--validation-short-side`: the real pairs are scored at that scale, and the saved files run
+    there (`inference_short_side`), so `best/`'s logged score is what its files score."""
+    import dmdnet
+    from dmdnet.training.losses import LossWeights
+    from dmdnet.training.real_pairs import real_pairs, split_validation, validation_images
+    from dmdnet.training.trainer import Trainer, TrainSettings
+    from dmdnet.training.validation import pipeline_scores
+
+    settings = TrainSettings(out=tmp_path / "run", data=[tiny_data / "photos"], real=[tiny_data / "zhang_real82"],
+                             patch=64, batch=2, steps=STEPS, validate_every=STEPS, save_every=STEPS,
+                             loss=LossWeights(perceptual=0, real_perceptual=0), threads=1, device="cpu",
+                             validation_short_side=32)
+    trainer = Trainer(settings)
+    trainer.run()
+    trainer.close()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if "event" not in json.loads(line)][-1]["real_validation"]
+    best = tmp_path / "run" / "best"
+    saved = torch.load(best / MODEL_NAME, weights_only=True)
+    assert (saved["trained_short_side"], saved["inference_short_side"]) == (128, 32)
+    pipe = dmdnet.load_pipeline(best / MODEL_NAME, best / MEMORY_NAME, device="cpu")
+    assert pipe.max_short_side == 32
+    pairs = validation_images(split_validation(real_pairs([tiny_data / "zhang_real82"]))[1])
+    assert pipeline_scores(pipe, pairs)["psnr_t"] == pytest.approx(logged["psnr_t"], abs=1e-4)
+    pipe.max_short_side = 128
+    assert pipeline_scores(pipe, pairs)["psnr_t"] != pytest.approx(logged["psnr_t"], abs=1e-4)
