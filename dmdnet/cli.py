@@ -290,7 +290,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if rows:
         remove_leftovers(args.out)
         markdown = write_tables(rows, Path(args.out), skipped + without_truth)
-        print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype})\n\n{markdown}")
+        scale = (f"photos at a short side of at most {pipe.max_short_side} px" if pipe.max_short_side
+                 else f"photos at full size up to {pipe.max_pixels / 1e6:.1f} MP")
+        print(f"weights: {pipe.weights.label} ({ranks.describe(pipe.device)}, {pipe.dtype}; {scale})\n\n{markdown}")
         print(f"per-image scores and summary written to {args.out}/ (the pairs not scored in skipped.csv)")
     if problems:
         print(f"error: {len(problems)} problems, listed above" + ("" if rows else f"; no tables written to {args.out}/"),

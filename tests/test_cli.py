@@ -186,6 +186,7 @@ def test_evaluate_reads_every_benchmark_layout(tmp_path, lite_checkpoints):
     assert run.returncode == 0, run.stderr  # blended images without ground truth are named, not errors
     assert "not scored (no transmission_layer/ image): locationaware_like/000004, locationaware_like/000005" \
         in run.stderr
+    assert "torch.float32; photos at full size up to 2.1 MP)" in run.stdout  # the file records no scale
     import csv
     with open(out / "summary.csv") as handle:
         counts = {(row["dataset"], row["method"], row["layer"]): int(row["images"]) for row in csv.DictReader(handle)}
