@@ -120,6 +120,15 @@ def read_checkpoint(path: str | Path, what: str) -> object:
                               f"{type(error).__name__}: {reason}") from None
 
 
+def read_lite_checkpoint(path: str | Path) -> Mapping:
+    """`read_checkpoint` of a DMDNet-Lite model file, which carries its own "proximity_estimator";
+    a CheckpointError naming the file for any other."""
+    checkpoint = read_checkpoint(path, "DMDNet model")
+    if not isinstance(checkpoint, Mapping) or "proximity_estimator" not in checkpoint:
+        raise CheckpointError(f"{path} is not a DMDNet-Lite model file (no 'proximity_estimator')")
+    return checkpoint
+
+
 def _names(keys: list[str], limit: int = 6) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")

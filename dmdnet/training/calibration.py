@@ -11,7 +11,7 @@ pairs only choose the ridge strength.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,13 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import (
-    CheckpointError,
-    config_from_checkpoint,
-    load_memory_banks,
-    read_checkpoint,
-    save_dmdnet_checkpoint,
-)
+from ..checkpoints import config_from_checkpoint, load_memory_banks, read_lite_checkpoint, save_dmdnet_checkpoint
 from ..network.model import DMDNet, GlobalGain, image_statistics
 from ..photometry import fit_gain
 from ..pipeline import Pipeline, recorded_short_side
@@ -160,9 +154,7 @@ def calibrate_files(model_path: Path, memory_path: Path, real: list[Path], out: 
     real pairs under `real` (`dmdnet.training.real_pairs.VALIDATION_PAIRS` held out) and writes the
     model and memory-bank files (`model_latest.pt`, `memory_banks_latest.pt`), with the fit
     recorded under "global_gain_fit", into `out`. The memory banks must fit the model as they are."""
-    checkpoint = read_checkpoint(model_path, "DMDNet model")
-    if not isinstance(checkpoint, Mapping) or "proximity_estimator" not in checkpoint:
-        raise CheckpointError(f"{model_path} is not a DMDNet-Lite model file (no 'proximity_estimator')")
+    checkpoint = read_lite_checkpoint(model_path)
     config = replace(config_from_checkpoint(checkpoint, model_path), global_gain=True)
     model, estimator = DMDNet(config), lite_depth_model(config)
     warm_start(model, estimator, model_path, memory_path)

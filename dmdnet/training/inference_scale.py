@@ -11,15 +11,15 @@ invariant gain to 0.01 dB, then PSNR), and recorded in the file as "inference_sh
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoints import CheckpointError, read_checkpoint, read_memory_banks, save_files
+from ..checkpoints import read_lite_checkpoint, read_memory_banks, save_files
 from ..pipeline import Pipeline, load_pipeline
 from ..weights import MEMORY_NAME, MODEL_NAME
 from .real_pairs import real_pairs, split_validation, validation_images
-from .validation import invariant_gain, pipeline_scores
+from .validation import invariant_gain, pipeline_scores, selection_key
 
 CROP_MULTIPLES = (0.75, 0.875, 1.0, 1.125, 1.25, 1.5, 2.0)
 """The short sides tried, as multiples of the training crop (half the trained short side)."""
@@ -47,7 +47,7 @@ def choose_short_side(pipeline: Pipeline, pairs: list, short_sides: Iterable[int
     for side in progress(sorted(short_sides)):
         pipeline.max_short_side = side
         scores[side] = pipeline_scores(pipeline, pairs)
-    best = max(scores, key=lambda side: (round(invariant_gain(scores[side]), 2), scores[side]["psnr_t"]))
+    best = max(scores, key=lambda side: selection_key({"real_validation": scores[side]}))
     pipeline.max_short_side = best
     return ScaleChoice(best, scores, [name for name, *_ in pairs])
 
@@ -59,9 +59,7 @@ def choose_scale_files(model_path: Path, memory_path: Path, real: list[Path], ou
     (`dmdnet.training.real_pairs.VALIDATION_PAIRS`) and writes the model file, with the choice
     under "inference_short_side" and its scores under "inference_short_side_fit", and its memory
     banks, unchanged, into `out`. Without `short_sides`, `candidate_short_sides` of the trained scale."""
-    checkpoint = read_checkpoint(model_path, "DMDNet model")
-    if not isinstance(checkpoint, Mapping) or "proximity_estimator" not in checkpoint:
-        raise CheckpointError(f"{model_path} is not a DMDNet-Lite model file (no 'proximity_estimator')")
+    checkpoint = read_lite_checkpoint(model_path)
     if short_sides is None:
         if not checkpoint.get("trained_short_side"):
             raise ValueError(f"{model_path} records no trained scale: give the short sides to try")
