@@ -450,13 +450,13 @@ def _choose_scale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .training.inference_scale import choose_scale_files
-    from .training.validation import invariant_gain
+    from .training.validation import invariant_gain, psnr_gain
 
     choice = _fit_files(args, lambda *files: choose_scale_files(
         *files, args.short_sides, progress=lambda sides: tqdm(sides, desc="scoring scales", unit="scale")))
     print(f"validation ({len(choice.validation_pairs)} pairs), gain over the input: invariant PSNR / PSNR")
     for side, scores in choice.scores.items():
-        gains = f"{invariant_gain(scores):+.2f} / {scores['psnr_t'] - scores['psnr_identity']:+.2f} dB"
+        gains = f"{invariant_gain(scores):+.2f} / {psnr_gain(scores):+.2f} dB"
         print(f"  short side {side:4d} px: {gains}" + ("  <- kept" if side == choice.short_side else ""))
     print(f"files written to {args.out}/ (photos run at a short side of at most {choice.short_side} px)")
     return 0

@@ -19,7 +19,7 @@ from ..checkpoints import read_lite_checkpoint, read_memory_banks, save_files
 from ..pipeline import Pipeline, load_pipeline
 from ..weights import MEMORY_NAME, MODEL_NAME
 from .real_pairs import real_pairs, split_validation, validation_images
-from .validation import invariant_gain, pipeline_scores, selection_key
+from .validation import invariant_gain, pipeline_scores, psnr_gain, selection_key
 
 CROP_MULTIPLES = (0.75, 0.875, 1.0, 1.125, 1.25, 1.5, 2.0)
 """The short sides tried, as multiples of the training crop (half the trained short side)."""
@@ -70,7 +70,7 @@ def choose_scale_files(model_path: Path, memory_path: Path, real: list[Path], ou
     pipeline = load_pipeline(model_path, memory_path, device=device)
     choice = choose_short_side(pipeline, validation_images(validation), short_sides, progress)
     fit = {"validation_inv_gain": {side: round(invariant_gain(s), 4) for side, s in choice.scores.items()},
-           "validation_psnr_gain": {side: round(s["psnr_t"] - s["psnr_identity"], 4)
+           "validation_psnr_gain": {side: round(psnr_gain(s), 4)
                                     for side, s in choice.scores.items()},
            "validation_pairs": choice.validation_pairs}
     save_files({out / MODEL_NAME: {**checkpoint, "inference_short_side": choice.short_side,

@@ -59,6 +59,11 @@ def invariant_gain(scores: dict) -> float:
     return scores["psnr_inv_t"] - scores["psnr_inv_identity"]
 
 
+def psnr_gain(scores: dict) -> float:
+    """What a model's T gains over the identity on plain PSNR (photometry counts)."""
+    return scores["psnr_t"] - scores["psnr_identity"]
+
+
 def selection_key(scores: dict) -> tuple[float, float] | None:
     """How checkpoints are ranked: the real validation split's invariant gain first (to 0.01 dB),
     its PSNR second. None (never kept) where the synthetic pairs show a collapse: their T no
