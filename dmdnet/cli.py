@@ -324,9 +324,10 @@ def synthesis_settings(args: argparse.Namespace) -> SynthesisSettings:
 
     changes = {"strength": args.strength, "transmission_gain": args.transmission_gain,
                "blur_sigma": args.reflection_blur, "real_reflection_share": args.real_reflections,
-               "model_probabilities": args.mix and mix_probabilities(args.mix)}
-    if args.real_reflections is not None:
-        check_fraction(args.real_reflections, "--real-reflections")
+               "no_reflection_share": args.no_reflection, "model_probabilities": args.mix and mix_probabilities(args.mix)}
+    for value, option in ((args.real_reflections, "--real-reflections"), (args.no_reflection, "--no-reflection")):
+        if value is not None:
+            check_fraction(value, option)
     return replace(SYNTHESIS_PRESETS[args.synthesis],
                    **{name: tuple(value) if isinstance(value, list) else value
                       for name, value in changes.items() if value is not None})
@@ -553,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="relative frequencies of the image-formation models (normalised to sum to 1)")
     train.add_argument("--real-reflections", type=float, metavar="SHARE",
                        help="share of the synthetic pairs made of real reflections over natural photos")
+    train.add_argument("--no-reflection", type=float, metavar="SHARE",
+                       help="share of the synthetic pairs with no reflection (input = T, R = 0): scenes to "
+                            "leave alone")
     train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=TrainSettings.lr)
     train.add_argument("--validation-short-side", type=positive_int, metavar="PX",

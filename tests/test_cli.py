@@ -283,6 +283,9 @@ def test_synthesis_options_change_one_part_of_the_named_synthesis():
     assert settings("--mix", "1", "1", "0", "0", "2").model_probabilities == (0.25, 0.25, 0, 0, 0.5)
     with pytest.raises(UsageError, match=r"--real-reflections must lie in \[0, 1\]"):
         settings("--real-reflections", "1.5")
+    assert settings("--no-reflection", "0.1").no_reflection_share == 0.1 and settings().no_reflection_share == 0
+    with pytest.raises(UsageError, match=r"--no-reflection must lie in \[0, 1\]"):
+        settings("--no-reflection", "-0.1")
 
 
 def test_fine_semantic_without_the_imagenet_prior_is_one_line_and_creates_nothing(tmp_path, capsys):

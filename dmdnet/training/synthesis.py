@@ -15,6 +15,9 @@ single strong, blurred screen blend teaches a network to lift veils and leave th
 Targets are T0 and the reflection actually present in I (I's share not explained by T0
 for the additive models), so that T + R reproduces the photo.
 
+A share of the pairs may carry no reflection at all (`SynthesisSettings.no_reflection_share`: input and T target the same
+photo, R target zero), so that the network also sees scenes it should leave alone.
+
 A sixth source, real reflections (`composite`), lays the reflection layers of real training pairs
 (`dmdnet.training.real_reflections`) over natural photos dimmed and tinted by the gains of a real
 glass: real reflection structure, which the five models only approximate, over unlimited scenes.
@@ -35,6 +38,8 @@ from ..images import image_files
 MODEL_NAMES = ("screen", "additive", "ghosting", "highlights", "sharp")
 REAL_REFLECTIONS = "real reflections"
 """The name of the sixth source, `composite`."""
+NO_REFLECTION = "no reflection"
+"""The name of the pairs without a reflection (`SynthesisSettings.no_reflection_share`)."""
 GLASS_GAIN_RANGE = (0.5, 1.05)
 """Per-channel gains a real glass (and the exposure of its pair's second shot) puts on the scene."""
 KERNEL_SIZES = (5, 7, 9, 11)
@@ -112,6 +117,10 @@ class SynthesisSettings:
     """Relative frequencies of the models, in the order of `MODEL_NAMES`."""
     real_reflection_share: float = 0.0
     """Share of the pairs made by `composite` instead (when real reflections are given)."""
+    no_reflection_share: float = 0.0
+    """Share of the pairs with no reflection (input = T target, R target zero). The long veiled run
+    learned to take bright scene structure for reflection (docs/training.md, "Scenes taken for
+    reflections"); pairs of plain photos say what a scene without one looks like."""
     real_reflection_strength: tuple[float, float] = (0.7, 1.3)
     """Range of the factor on a real reflection layer."""
     reflection_colour_jitter: float = 0.15
@@ -228,16 +237,24 @@ class PairSampler:
 
     def sample(self, batch: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input, T target, R target), each (batch, 3, P, P), by the source `kind` (a model of
-        `MODEL_NAMES` or `REAL_REFLECTIONS`), or by sources drawn as `settings` mixes them."""
+        `MODEL_NAMES`, `REAL_REFLECTIONS` or `NO_REFLECTION`), or by sources drawn as `settings`
+        mixes them."""
         if kind == REAL_REFLECTIONS and not self.reflections:
             raise ValueError("no real reflections to composite")
         triples = [self._pair(kind) for _ in range(batch)]
         return tuple(torch.stack(part) for part in zip(*triples))
 
+    def _any_patch(self) -> torch.Tensor:
+        return random_patch(self.images[int(self.rng.integers(len(self.images)))], self.patch, self.rng)
+
     def _pair(self, kind: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clean = self.settings.no_reflection_share
+        if kind == NO_REFLECTION or (kind is None and clean and self.rng.random() < clean):
+            t0 = self._any_patch()
+            return t0, t0.clone(), torch.zeros_like(t0)
         share = self.settings.real_reflection_share if self.reflections else 0.0
         if kind == REAL_REFLECTIONS or (kind is None and share and self.rng.random() < share):
-            t0 = random_patch(self.images[int(self.rng.integers(len(self.images)))], self.patch, self.rng)
+            t0 = self._any_patch()
             reflection = self.reflections[int(self.rng.integers(len(self.reflections)))]
             r0 = random_patch(reflection.layer, self.patch, self.rng)
             return composite(t0, r0, reflection.glass_gain, self.rng, self.settings)

@@ -76,7 +76,7 @@ from .run_folder import (
     trim_log,
 )
 from .synthesis import SYNTHESIS_PRESETS, PairSampler, SynthesisSettings, list_images, short_side_range, validation_pairs
-from .validation import selection_key, validate, validate_real
+from .validation import selection_key, validate, validate_real, validate_reflection_free
 from .warm_start import warm_start
 
 PRESETS = {"lite": DMDNetConfig.lite, "released": DMDNetConfig.released}
@@ -89,6 +89,8 @@ BEST_FOLDER = "best"
 LOG_NAME = "log.jsonl"
 STEP_WEIGHTS = "step_weights"
 """Log key of the scores of the step's own weights, when validation scores their average."""
+REFLECTION_FREE = "reflection_free"
+"""Log key of `validate_reflection_free` on the synthetic validation photos, as they are."""
 WEIGHT_AVERAGE = "weight_average"
 """`training_state.pt` key of the exponential moving average of the weights."""
 
@@ -195,9 +197,12 @@ class SeparationNetwork(nn.Module):
 
 def score_line(scores: Mapping[str, dict]) -> str:
     """One line of the validation scores `Trainer.validate` returns (their averaged weights', if any)."""
-    return "; ".join(f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
-                     f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})"
-                     for kind, s in scores.items() if kind != STEP_WEIGHTS)
+    def line(kind: str, s: dict) -> str:
+        if kind == REFLECTION_FREE:
+            return f"{kind} photos, T against the input: PSNR {s['psnr_t']:.2f} dB, invariant {s['psnr_inv_t']:.2f} dB"
+        return (f"{kind} T-PSNR {s['psnr_t']:.2f} dB (identity {s['psnr_identity']:.2f}), "
+                f"invariant {s['psnr_inv_t']:.2f} dB (identity {s['psnr_inv_identity']:.2f})")
+    return "; ".join(line(kind, s) for kind, s in scores.items() if kind != STEP_WEIGHTS)
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
@@ -459,6 +464,8 @@ class Trainer:
         scores = {}
         if self.validation is not None:
             scores["validation"] = validate(self.model, self.depth_model, self.validation, self.device)
+            scores[REFLECTION_FREE] = validate_reflection_free(self.model, self.depth_model, self.validation[1],
+                                                               self.device)
         if self.real_validation:
             scores["real_validation"] = validate_real(
                 self.model, self.depth_model, self.real_validation, self.device,

@@ -9,18 +9,39 @@ from ..evaluation import batch_psnr, invariant_psnr, to_255
 from ..network.model import DMDNet
 from ..pipeline import Pipeline
 
+PSNR_CAP = 100.0
+"""dB: where an untouched photo's invariant PSNR stops (as `batch_psnr` stops), so logs stay finite."""
+
 
 @torch.no_grad()
 def validate(model: DMDNet, depth_model: nn.Module, pairs: tuple[torch.Tensor, ...], device) -> dict:
     """Mean `pair_scores` on fixed synthetic pairs (the caller switches the models to eval mode
     and back)."""
     inputs, t_targets, _ = pairs
+    outputs = _transmissions(model, depth_model, inputs, device)
+    return mean_scores([pair_scores(*triple) for triple in zip(outputs.split(1), inputs.split(1),
+                                                               t_targets.split(1))])
+
+
+@torch.no_grad()
+def validate_reflection_free(model: DMDNet, depth_model: nn.Module, photos: torch.Tensor, device) -> dict:
+    """Mean PSNR and invariant PSNR of T against its input for (N, 3, H, W) photos with no reflection
+    in them: how much of a scene the network takes away where there is nothing to remove (higher:
+    less). Watched, not selected on: a run can learn to take bright scene structure for reflection
+    (docs/training.md, "Scenes taken for reflections")."""
+    outputs = _transmissions(model, depth_model, photos, device)
+    return mean_scores([{"psnr_t": batch_psnr(output, photo),
+                         "psnr_inv_t": min(invariant_psnr(to_255(output), to_255(photo)), PSNR_CAP)}
+                        for output, photo in zip(outputs.split(1), photos.split(1))])
+
+
+def _transmissions(model: DMDNet, depth_model: nn.Module, inputs: torch.Tensor, device) -> torch.Tensor:
+    """The model's T for a batch of inputs, four at a time, on the CPU."""
     outputs = []
     for image in inputs.split(4):
         image = image.to(device)
         outputs.append(model(image, depth_model(image))[0].cpu())
-    return mean_scores([pair_scores(*triple) for triple in zip(torch.cat(outputs).split(1), inputs.split(1),
-                                                               t_targets.split(1))])
+    return torch.cat(outputs)
 
 
 def pair_scores(prediction: torch.Tensor, image: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

@@ -310,13 +310,15 @@ def test_the_weight_average_is_what_validation_scores_and_best_keeps_and_trainin
     `training_state.pt` hold the average, and a resume takes it up."""
     from dmdnet.checkpoints import load_dmdnet_weights
     from dmdnet.training.losses import LossWeights
-    from dmdnet.training.trainer import STEP_WEIGHTS, WEIGHT_AVERAGE, Trainer, TrainSettings
+    from dmdnet.training.trainer import REFLECTION_FREE, STEP_WEIGHTS, WEIGHT_AVERAGE, Trainer, TrainSettings
+    from dmdnet.training.validation import PSNR_CAP
 
     def run(out: Path, ema_decay: float) -> list[dict]:
         settings = TrainSettings(out=out, data=[tiny_data / "photos"], real=[tiny_data / "zhang_real82"],
                                  patch=64, batch=2, steps=STEPS, validate_every=STEPS, save_every=STEPS,
                                  loss=LossWeights(perceptual=0, real_perceptual=0), threads=1, device="cpu",
-                                 ema_decay=ema_decay)
+                                 ema_decay=ema_decay, validation=tiny_data / "photos", validation_size=64,
+                                 validation_count=2)
         trainer = Trainer(settings)
         trainer.run()
         trainer.close()
@@ -329,6 +331,8 @@ def test_the_weight_average_is_what_validation_scores_and_best_keeps_and_trainin
     assert [record["step"] for record in averaged] == [STEPS]
     assert averaged[0][STEP_WEIGHTS]["real_validation"] == plain[0]["real_validation"]
     assert averaged[0]["real_validation"]["psnr_t"] != plain[0]["real_validation"]["psnr_t"]
+    assert averaged[0][STEP_WEIGHTS][REFLECTION_FREE] == plain[0][REFLECTION_FREE]  # scored like the others
+    assert 10 < plain[0][REFLECTION_FREE]["psnr_t"] <= plain[0][REFLECTION_FREE]["psnr_inv_t"] <= PSNR_CAP
 
     state = torch.load(tmp_path / "averaged" / TRAINING_STATE_NAME, weights_only=True)
     assert state["best"]["step"] == STEPS and state[WEIGHT_AVERAGE]["updates"] == STEPS
