@@ -324,7 +324,8 @@ def synthesis_settings(args: argparse.Namespace) -> SynthesisSettings:
 
     changes = {"strength": args.strength, "transmission_gain": args.transmission_gain,
                "blur_sigma": args.reflection_blur, "real_reflection_share": args.real_reflections,
-               "no_reflection_share": args.no_reflection, "model_probabilities": args.mix and mix_probabilities(args.mix)}
+               "no_reflection_share": args.no_reflection,
+               "model_probabilities": args.mix and mix_probabilities(args.mix)}
     for value, option in ((args.real_reflections, "--real-reflections"), (args.no_reflection, "--no-reflection")):
         if value is not None:
             check_fraction(value, option)

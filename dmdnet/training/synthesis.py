@@ -15,8 +15,9 @@ single strong, blurred screen blend teaches a network to lift veils and leave th
 Targets are T0 and the reflection actually present in I (I's share not explained by T0
 for the additive models), so that T + R reproduces the photo.
 
-A share of the pairs may carry no reflection at all (`SynthesisSettings.no_reflection_share`: input and T target the same
-photo, R target zero), so that the network also sees scenes it should leave alone.
+A share of the pairs may carry no reflection at all (`SynthesisSettings.no_reflection_share`:
+input and T target the same photo, R target zero), so that the network also sees scenes it
+should leave alone.
 
 A sixth source, real reflections (`composite`), lays the reflection layers of real training pairs
 (`dmdnet.training.real_reflections`) over natural photos dimmed and tinted by the gains of a real
