@@ -238,6 +238,8 @@ class Trainer:
         self.new_best: dict[str, bytes] = {}
         """The `best/` files of a validation, until the save of its step writes them."""
         self.saved_step: int | None = None
+        self.steps_before = 0
+        """Steps the `--init` weights had been trained, in their own runs (0 from scratch)."""
         if saved:
             self._resume(saved)
         elif settings.init:
@@ -340,6 +342,7 @@ class Trainer:
                                   f"optimiser ({(str(error).splitlines() or [''])[0]})") from None
         self.best = state.get("best")
         self.step = self.saved_step = int(extra.get("iterations", 0))
+        self.steps_before = int(extra.get("steps_before", 0))
         self._check_one_step(state)
 
     def _check_one_step(self, state: Mapping) -> None:
@@ -391,6 +394,8 @@ class Trainer:
     def _warm_start(self, model_path: Path) -> None:
         skipped = warm_start(self.model, self.depth_model if self.trains_depth else None,
                              model_path, model_path.with_name(MEMORY_NAME))
+        start = read_checkpoint(model_path, "DMDNet model")
+        self.steps_before = int(start.get("steps_before", 0)) + int(start.get("iterations", 0))
         if self.ranks.is_main:
             tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
                        + "".join(f"\n  {name}" for name in skipped))
@@ -398,8 +403,8 @@ class Trainer:
     def weight_files(self, folder: str = "") -> dict[str, bytes]:
         """The model and memory-bank files (released formats) of the current weights, named
         relative to `out` (in `folder`), as `run_folder.commit` takes them."""
-        extra = {"epoch": 0, "iterations": self.step, "config": self.model.config.to_dict(),
-                 "trained_short_side": short_side_range(self.settings.patch)[1]}
+        extra = {"epoch": 0, "iterations": self.step, "steps_before": self.steps_before,
+                 "config": self.model.config.to_dict(), "trained_short_side": short_side_range(self.settings.patch)[1]}
         if self.settings.validation_short_side:
             extra["inference_short_side"] = self.settings.validation_short_side
         if self.trains_depth:

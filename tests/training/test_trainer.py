@@ -1,6 +1,8 @@
 """A few DMDNet-Lite training steps: the loss falls and the checkpoints load and resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,12 +43,21 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoints(tmp_path):
     assert resumed.step == 12
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+    resumed.close()
+
+    fine_tune = dataclasses.replace(settings, out=tmp_path / "fine_tune", init=settings.out / MODEL_NAME)
+    tuner = Trainer(fine_tune)
+    for _ in range(3):
+        tuner.train_step(batch)
+    tuner.save()
+    tuner.close()
+    label = dmdnet.load_pipeline(model=fine_tune.out / MODEL_NAME, device="cpu").weights.label
+    assert "trained 15 steps, the last 3 a fine-tune" in label, label
+    assert Trainer(fine_tune).steps_before == 12, "a resumed fine-tune keeps the steps of its start"
 
 
 def test_warm_start_copies_matching_tensors_and_reports_the_rest(lite_checkpoints, tmp_path):
     """`--init`: a Lite with an extra level-1 DM block starts from Lite weights."""
-    import dataclasses
-
     from dmdnet.checkpoints import read_checkpoint
     from dmdnet.network.model import DMDNet
     from dmdnet.network.proximity import ProximityEstimator
