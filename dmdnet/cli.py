@@ -324,9 +324,10 @@ def synthesis_settings(args: argparse.Namespace) -> SynthesisSettings:
 
     changes = {"strength": args.strength, "transmission_gain": args.transmission_gain,
                "blur_sigma": args.reflection_blur, "real_reflection_share": args.real_reflections,
-               "no_reflection_share": args.no_reflection,
+               "no_reflection_share": args.no_reflection, "scene_light_share": args.scene_lights,
                "model_probabilities": args.mix and mix_probabilities(args.mix)}
-    for value, option in ((args.real_reflections, "--real-reflections"), (args.no_reflection, "--no-reflection")):
+    for value, option in ((args.real_reflections, "--real-reflections"), (args.no_reflection, "--no-reflection"),
+                          (args.scene_lights, "--scene-lights")):
         if value is not None:
             check_fraction(value, option)
     return replace(SYNTHESIS_PRESETS[args.synthesis],
@@ -558,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-reflection", type=float, metavar="SHARE",
                        help="share of the synthetic pairs with no reflection (input = T, R = 0): scenes to "
                             "leave alone")
+    train.add_argument("--scene-lights", type=float, metavar="SHARE",
+                       help="share of the synthetic pairs whose scene gets a few small lamps, kept in T: bright "
+                            "blobs that are not reflections")
     train.add_argument("--steps", type=int, default=TrainSettings.steps, help="total steps (the schedule's length)")
     train.add_argument("--lr", type=float, default=TrainSettings.lr)
     train.add_argument("--validation-short-side", type=positive_int, metavar="PX",

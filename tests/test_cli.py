@@ -286,6 +286,9 @@ def test_synthesis_options_change_one_part_of_the_named_synthesis():
     assert settings("--no-reflection", "0.1").no_reflection_share == 0.1 and settings().no_reflection_share == 0
     with pytest.raises(UsageError, match=r"--no-reflection must lie in \[0, 1\]"):
         settings("--no-reflection", "-0.1")
+    assert settings("--scene-lights", "0.2").scene_light_share == 0.2 and settings().scene_light_share == 0
+    with pytest.raises(UsageError, match=r"--scene-lights must lie in \[0, 1\]"):
+        settings("--scene-lights", "2")
 
 
 def test_fine_semantic_without_the_imagenet_prior_is_one_line_and_creates_nothing(tmp_path, capsys):

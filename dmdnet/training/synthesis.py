@@ -19,6 +19,11 @@ A share of the pairs may carry no reflection at all (`SynthesisSettings.no_refle
 input and T target the same photo, R target zero), so that the network also sees scenes it
 should leave alone.
 
+A share of the photos may carry scene lights (`SynthesisSettings.scene_light_share`, `with_scene_lights`):
+small saturated lamps in the transmission, kept in its target, because every bright blob the five
+models make comes from the reflection, and a network trained on them alone takes a photo's own lamps
+and ceiling lights away.
+
 A sixth source, real reflections (`composite`), lays the reflection layers of real training pairs
 (`dmdnet.training.real_reflections`) over natural photos dimmed and tinted by the gains of a real
 glass: real reflection structure, which the five models only approximate, over unlimited scenes.
@@ -122,6 +127,8 @@ class SynthesisSettings:
     """Share of the pairs with no reflection (input = T target, R target zero). The long veiled run
     learned to take bright scene structure for reflection (docs/training.md, "Scenes taken for
     reflections"); pairs of plain photos say what a scene without one looks like."""
+    scene_light_share: float = 0.0
+    """Share of the pairs whose scene (T, in input and target) gets a few lamps (`with_scene_lights`)."""
     real_reflection_strength: tuple[float, float] = (0.7, 1.3)
     """Range of the factor on a real reflection layer."""
     reflection_colour_jitter: float = 0.15
@@ -158,6 +165,24 @@ def smooth_mask(size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor
     coarse = torch.from_numpy(rng.random((1, 1, cells, cells))).float()
     field = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[0]
     return ((field - rng.uniform(0.2, 0.6)) / 0.25).clamp(0, 1)
+
+
+def with_scene_lights(photo: torch.Tensor, rng: np.random.Generator, count: tuple[int, int] = (1, 4),
+                      radius: tuple[float, float] = (1.5, 6.0)) -> torch.Tensor:
+    """The (3, H, W) photo with `count` small light sources screen-blended in: each a clipped core
+    of `radius` pixels in a Gaussian glow two to four radii wide, white to warm, anywhere in the frame."""
+    height, width = photo.shape[-2:]
+    rows = torch.arange(height, dtype=torch.float32)[:, None]
+    columns = torch.arange(width, dtype=torch.float32)[None, :]
+    light = torch.zeros_like(photo)
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        core = rng.uniform(*radius)
+        squared = (rows - rng.uniform(0, height)) ** 2 + (columns - rng.uniform(0, width)) ** 2
+        glow = rng.uniform(0.3, 0.8) * torch.exp(-squared / (2 * (core * rng.uniform(2, 4)) ** 2))
+        profile = ((core + 0.5 - squared.sqrt()).clamp(0, 1) + glow).clamp(0, 1)
+        colour = torch.tensor([1.0, rng.uniform(0.75, 1.0), rng.uniform(0.45, 1.0)])[:, None, None]
+        light = torch.maximum(light, colour * profile)
+    return 1 - (1 - photo) * (1 - light)
 
 
 def random_blur(image: torch.Tensor, sigma_range: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
@@ -248,19 +273,25 @@ class PairSampler:
     def _any_patch(self) -> torch.Tensor:
         return random_patch(self.images[int(self.rng.integers(len(self.images)))], self.patch, self.rng)
 
+    def _scene(self, photo: torch.Tensor) -> torch.Tensor:
+        """The photo as the scene behind the glass: with lamps at `settings.scene_light_share` (a
+        share of 0 draws no random number, so runs from before the option keep their crops)."""
+        lit = self.settings.scene_light_share
+        return with_scene_lights(photo, self.rng) if lit and self.rng.random() < lit else photo
+
     def _pair(self, kind: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         clean = self.settings.no_reflection_share
         if kind == NO_REFLECTION or (kind is None and clean and self.rng.random() < clean):
-            t0 = self._any_patch()
+            t0 = self._scene(self._any_patch())
             return t0, t0.clone(), torch.zeros_like(t0)
         share = self.settings.real_reflection_share if self.reflections else 0.0
         if kind == REAL_REFLECTIONS or (kind is None and share and self.rng.random() < share):
-            t0 = self._any_patch()
+            t0 = self._scene(self._any_patch())
             reflection = self.reflections[int(self.rng.integers(len(self.reflections)))]
             r0 = random_patch(reflection.layer, self.patch, self.rng)
             return composite(t0, r0, reflection.glass_gain, self.rng, self.settings)
         i, j = self.rng.choice(len(self.images), size=2, replace=False)
-        t0 = random_patch(self.images[i], self.patch, self.rng)
+        t0 = self._scene(random_patch(self.images[i], self.patch, self.rng))
         r0 = random_patch(self.images[j], self.patch, self.rng)
         return synthesize(t0, r0, self.rng, self.settings, kind)
 
