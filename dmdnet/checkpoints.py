@@ -120,6 +120,12 @@ def read_checkpoint(path: str | Path, what: str) -> object:
                               f"{type(error).__name__}: {reason}") from None
 
 
+def trained_steps(checkpoint: Mapping) -> int:
+    """All the steps a model file's weights were trained: its run's ("iterations") plus, for a
+    fine-tune, those of the weights it started from ("steps_before")."""
+    return int(checkpoint.get("iterations") or 0) + int(checkpoint.get("steps_before") or 0)
+
+
 def read_lite_checkpoint(path: str | Path) -> Mapping:
     """`read_checkpoint` of a DMDNet-Lite model file, which carries its own "proximity_estimator";
     a CheckpointError naming the file for any other."""

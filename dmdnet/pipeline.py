@@ -28,6 +28,7 @@ from .checkpoints import (
     load_midas_weights,
     load_proximity_estimator,
     read_checkpoint,
+    trained_steps,
 )
 from .devices import default_device
 from .images import ImageInput, to_tensor
@@ -169,8 +170,8 @@ def _lite_pipeline_parts(config: DMDNetConfig, checkpoint: dict, paths: dict
     default = paths[MODEL_FILE] == DEFAULT_WEIGHTS[MODEL_FILE]
     depth = ("frozen ImageNet EfficientNet-Lite0 features and a learned proximity head in place of MiDaS"
              if config.imagenet_prior else "learned proximity estimator in place of MiDaS")
-    steps, steps_before = int(checkpoint.get("iterations") or 0), int(checkpoint.get("steps_before") or 0)
-    trained = f"trained {steps_before + steps} steps" + (f", the last {steps} a fine-tune" if steps_before else "")
+    steps, total = int(checkpoint.get("iterations") or 0), trained_steps(checkpoint)
+    trained = f"trained {total} steps" + (f", the last {steps} a fine-tune" if total > steps else "")
     about = f"{depth}; {trained}" if steps else depth  # the step tells runs' checkpoints apart
     label = (f"DMDNet-Lite, the project's own default weights (trained on synthetic and real pairs; {about})"
              if default else f"DMDNet-Lite ({about})")

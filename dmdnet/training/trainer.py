@@ -48,6 +48,7 @@ from ..checkpoints import (
     load_memory_banks,
     load_midas_weights,
     read_checkpoint,
+    trained_steps,
 )
 from ..files import Stopped, uninterrupted
 from ..network.config import DMDNetConfig
@@ -394,8 +395,7 @@ class Trainer:
     def _warm_start(self, model_path: Path) -> None:
         skipped = warm_start(self.model, self.depth_model if self.trains_depth else None,
                              model_path, model_path.with_name(MEMORY_NAME))
-        start = read_checkpoint(model_path, "DMDNet model")
-        self.steps_before = int(start.get("steps_before", 0)) + int(start.get("iterations", 0))
+        self.steps_before = trained_steps(read_checkpoint(model_path, "DMDNet model"))
         if self.ranks.is_main:
             tqdm.write(f"started from {model_path}; {len(skipped)} tensors start fresh or are dropped"
                        + "".join(f"\n  {name}" for name in skipped))
